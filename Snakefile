@@ -1,0 +1,20 @@
+# vafusion: talking-face videos -> per-frame valence/arousal (see README.md).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/media.smk"
+
+
+rule all:
+    input:
+        media_outputs(),
+    default_target: True

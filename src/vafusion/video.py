@@ -1,0 +1,114 @@
+"""Video decoding on the container's clock (PyAV), and the ffmpeg binary to use.
+
+The frame clock of the whole pipeline is the presentation timestamps of the decoded video
+frames, so variable-frame-rate files stay in sync; a trial's length T is the number of
+frames decoded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+
+class MediaError(RuntimeError):
+    """A video that cannot be read (corrupt, truncated, no video stream); names the file."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    width: int
+    height: int
+    fps: float  # average frame rate the container declares
+    declared_frames: int  # 0 when the container does not say
+    duration: float  # seconds, from the container (0.0 when unknown)
+    has_audio: bool
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # 0-based decode order
+    time: float  # presentation time in seconds
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+
+def ffmpeg_binary() -> str:
+    """The system ffmpeg when on PATH, else the static build shipped by imageio-ffmpeg."""
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise MediaError(f"{path}: video file does not exist")
+    try:
+        container = av.open(str(path))
+    except av.FFmpegError as err:
+        raise MediaError(f"{path}: cannot open video ({err})") from None
+    if not container.streams.video:
+        container.close()
+        raise MediaError(f"{path}: has no video stream")
+    return container
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        return VideoInfo(
+            path=path,
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            fps=float(rate) if rate else 0.0,
+            declared_frames=int(stream.frames or 0),
+            duration=duration,
+            has_audio=bool(container.streams.audio),
+        )
+
+
+def iter_frames(path: str | Path) -> Iterator[Frame]:
+    """Decode every video frame in presentation order as RGB.
+
+    Raises MediaError for a file that cannot be decoded or that ends before the number of
+    frames its container declares (a truncated download or copy).
+    """
+    path = Path(path)
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        declared = int(stream.frames or 0)
+        rate = stream.average_rate or stream.guessed_rate
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                time = frame.time
+                if time is None:  # no timestamp: fall back to the nominal rate
+                    time = index / float(rate) if rate else float(index)
+                yield Frame(index=index, time=float(time), rgb=frame.to_ndarray(format="rgb24"))
+                index += 1
+        except av.FFmpegError as err:
+            raise MediaError(f"{path}: decoding failed after {index} frames ({err})") from None
+    if index == 0:
+        raise MediaError(f"{path}: no video frame could be decoded")
+    # Containers with an index (mp4, mkv, avi) declare their frame count; allow one frame
+    # of slack for edit lists, flag anything shorter as truncated.
+    if declared and index < declared - 1:
+        raise MediaError(
+            f"{path}: truncated or corrupt: decoded {index} frames, the container declares {declared}"
+        )

@@ -1,0 +1,17 @@
+# Snakemake adapter: video (+ dataset's aligned faces) -> per-frame faces HDF5 (vafusion.faces).
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+
+from vafusion.faces import align_trial_faces
+from vafusion.jobs import job_logging
+
+with job_logging(snakemake.log[0], f"align_faces {snakemake.wildcards.trial}"):
+    align_trial_faces(
+        snakemake.input.video,
+        snakemake.output.faces,
+        trial=snakemake.wildcards.trial,
+        side=snakemake.params.side,
+        cropped_aligned=snakemake.input.get("cropped_aligned"),
+        upsample=snakemake.params.upsample,
+    )
