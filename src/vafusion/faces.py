@@ -60,10 +60,14 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
+def alignment_matrix(keypoints: np.ndarray) -> np.ndarray:
+    """2x3 image -> template transform for (left eye, right eye, nose base) keypoints."""
+    return similarity_transform(keypoints, KEYPOINT_TEMPLATE)
+
+
 def warp_face(rgb: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
     """Warp the face whose (left eye, right eye, nose base) are ``keypoints`` to 112x112."""
-    matrix = similarity_transform(keypoints, KEYPOINT_TEMPLATE)
-    return cv2.warpAffine(rgb, matrix, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
+    return cv2.warpAffine(rgb, alignment_matrix(keypoints), (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
 
 

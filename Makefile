@@ -1,0 +1,29 @@
+# vafusion: `make run` runs the workflow on the demo dataset, `make test` runs the tests.
+# Both create or refresh .venv from the pinned requirements first (a no-op when unchanged).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed-requirements
+SNAKEMAKE := $(VENV)/bin/snakemake
+CORES ?= all
+
+.PHONY: setup demo run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+demo: setup
+	$(SNAKEMAKE) -s workflow/demo.smk --cores 1
+
+run: demo
+	$(SNAKEMAKE) --cores $(CORES)
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf results .snakemake

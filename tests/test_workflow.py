@@ -1,0 +1,209 @@
+"""End to end: the real Snakemake workflow on the demo dataset (built by its own rule).
+
+One complete run is shared by the checks of this module; a second run on a damaged copy
+checks that bad input fails only its own jobs and leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+from conftest import REPO
+from vafusion.dataset import discover
+from vafusion.video import iter_frames, probe_video
+
+pytestmark = pytest.mark.e2e
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def snakemake(workdir: Path, *args: str, snakefile: str = "Snakefile", check: bool = True):
+    """Run snakemake from the repository (its workflow profile applies) in ``workdir``."""
+    cmd = SNAKEMAKE + ["-s", str(REPO / snakefile), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def data_section(dataset: Path) -> dict:
+    """The config's data section for a dataset in the demo's layout."""
+    return {
+        "videos": str(dataset / "videos"),
+        "annotations": {"train": str(dataset / "annotations" / "train"),
+                        "validation": str(dataset / "annotations" / "validation")},
+        "cropped_aligned": str(dataset / "cropped_aligned"),
+        "test_trials": str(dataset / "test_trials.txt"),
+    }
+
+
+def write_config(workdir: Path, dataset: Path, output: str = "results", **changes) -> Path:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["data"] = data_section(dataset)
+    config["output"] = output
+    config.update(changes)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_dataset(tmp_path_factory) -> Path:
+    """The demo dataset, built by the workflow's own rule, in a folder with spaces."""
+    workdir = tmp_path_factory.mktemp("e2e") / "work dir"
+    workdir.mkdir()
+    snakemake(workdir, "--cores", "1", snakefile="workflow/demo.smk")
+    return workdir / "resources" / "demo"
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_dataset) -> tuple[Path, dict]:
+    workdir = demo_dataset.parents[1]
+    config = write_config(workdir, demo_dataset)
+    snakemake(workdir, "--configfile", str(config), "--cores", "2")
+    return workdir / "results", yaml.safe_load(config.read_text())
+
+
+def test_demo_dataset_has_the_promised_layout(demo_dataset):
+    ds = discover(data_section(demo_dataset))
+    parts = {p: [t for t in ds.trials.values() if t.partition == p] for p in ("train", "validation", "test")}
+    assert len(parts["train"]) + len(parts["validation"]) >= 12 and len(parts["test"]) == 2
+    suffixes = {p.suffix for p in ds.used_videos.values()}
+    assert {".mp4", ".avi"} <= suffixes
+    assert {round(probe_video(p).fps) for p in ds.used_videos.values()} == {25, 30}
+    sides = {t.side for t in ds.trials.values()}
+    assert {"left", "right"} <= sides
+    assert sum(t.cropped_aligned is None for t in ds.trials.values()) == 1
+    assert not all(probe_video(p).has_audio for p in ds.used_videos.values())
+    annotations = [t.annotation.read_text() for t in ds.trials.values() if t.annotation]
+    assert sum("-5" in text for text in annotations) >= 2
+    assert "SYNTHETIC" in (demo_dataset / "README.md").read_text()
+    # some cropped_aligned frames are missing
+    summary = json.loads((demo_dataset / "summary.json").read_text())
+    assert any(0 < t["cropped_aligned_frames"] < summary["videos"][t["video"]]["frames"]
+               for t in summary["trials"].values())
+
+
+def test_wavs_match_their_videos(demo_run):
+    results, config = demo_run
+    ds = discover(config["data"])
+    for name, video in ds.used_videos.items():
+        info = sf.info(results / "audio" / f"{name}.wav")
+        meta = json.loads((results / "audio" / f"{name}.json").read_text())
+        probe = probe_video(video)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert abs(info.duration - probe.duration) <= 1 / probe.fps, name
+        assert meta["audio_missing"] == (not probe.has_audio)
+
+
+def test_face_files_cover_every_frame(demo_run):
+    results, config = demo_run
+    ds = discover(config["data"])
+    found_total = frames_total = 0
+    for name, trial in ds.trials.items():
+        times = [f.time for f in iter_frames(ds.videos[trial.video])]
+        with h5py.File(results / "faces" / f"{name}.h5") as h5:
+            faces, found = h5["faces"][:], h5["face_found"][:]
+            assert faces.shape == (len(times), 112, 112, 3), name
+            np.testing.assert_allclose(h5["timestamps"][:], times)
+            assert h5.attrs["source"] == ("detected" if trial.cropped_aligned is None else "cropped_aligned")
+        if trial.cropped_aligned is not None:
+            present = [(trial.cropped_aligned / f"{i + 1:05d}.jpg").is_file() for i in range(len(times))]
+            assert found.tolist() == present, name
+        # a frame without a face repeats the last found one (or the next, in a leading gap)
+        hits = np.flatnonzero(found)
+        for i in np.flatnonzero(~found):
+            before = hits[hits < i]
+            source = before[-1] if len(before) else hits[0]
+            assert np.array_equal(faces[i], faces[source]), (name, i)
+        found_total += found.sum()
+        frames_total += len(found)
+    detected = [n for n, t in ds.trials.items() if t.cropped_aligned is None]
+    for name in detected:
+        with h5py.File(results / "faces" / f"{name}.h5") as h5:
+            assert h5["face_found"][:].mean() >= 0.95
+    assert found_total / frames_total >= 0.95
+
+
+def test_labels_for_annotated_trials(demo_run):
+    results, config = demo_run
+    ds = discover(config["data"])
+    for name, trial in ds.trials.items():
+        path = results / "labels" / f"{name}.h5"
+        if trial.annotation is None:
+            assert not path.exists()
+            continue
+        with h5py.File(path) as h5:
+            assert h5["valence"].shape == h5["valid_valence"].shape
+            assert np.array_equal(h5["valid_arousal"][:], h5["arousal"][:] != -5)
+
+
+def test_second_run_plans_nothing_and_lint_is_clean(demo_run):
+    results, _ = demo_run
+    workdir = results.parent
+    dry = snakemake(workdir, "--configfile", str(workdir / "config.yaml"), "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    lint = snakemake(workdir, "--configfile", str(workdir / "config.yaml"), "--lint")
+    assert "Congratulations" in lint.stdout + lint.stderr
+
+
+def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
+    dataset = tmp_path / "bad data"
+    shutil.copytree(demo_dataset, dataset)
+    broken_video = dataset / "videos" / "batch1" / "grid_bbaf2n.mp4"
+    broken_video.write_bytes(broken_video.read_bytes()[:20000])
+    broken_ann = dataset / "annotations" / "train" / "grid_lbbc2a.txt"
+    lines = broken_ann.read_text().splitlines()
+    lines[9] = "0.1,high"
+    broken_ann.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path, dataset)
+    proc = snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "--keep-going", check=False)
+    assert proc.returncode != 0
+    results = tmp_path / "results"
+    logs = results / "logs"
+    assert "grid_bbaf2n.mp4" in (logs / "extract_audio" / "grid_bbaf2n.log").read_text()
+    assert "grid_bbaf2n.mp4" in (logs / "align_faces" / "grid_bbaf2n.log").read_text()
+    assert f"{broken_ann}:10: arousal 'high' is not a number" in (logs / "read_annotation" / "grid_lbbc2a.log").read_text()
+    assert not (results / "audio" / "grid_bbaf2n.wav").exists()
+    assert not (results / "faces" / "grid_bbaf2n.h5").exists()
+    assert not (results / "labels" / "grid_lbbc2a.h5").exists()
+    assert not list(results.rglob("*.part")), "partial files left behind"
+    # every other job finished
+    assert len(list((results / "audio").glob("*.wav"))) == 14
+    assert len(list((results / "faces").glob("*.h5"))) == 15
+    assert len(list((results / "labels").glob("*.h5"))) == 13
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c, d: c.update(extra_key=1), "Additional properties are not allowed ('extra_key'"),
+        (lambda c, d: c["media"].pop("sample_rate"), "'sample_rate' is a required property"),
+        (lambda c, d: c["data"].update(videos=str(d / "no such dir")), "no such dir' does not exist"),
+        (lambda c, d: (Path(c["data"]["annotations"]["train"]) / "ghost.txt").write_text("valence,arousal\n0,0\n"),
+         "ghost.txt: no video for trial 'ghost'"),
+    ],
+    ids=["unknown-key", "missing-key", "missing-path", "annotation-without-video"],
+)
+def test_config_and_layout_errors_stop_before_any_job(demo_dataset, tmp_path, change, expected):
+    dataset = tmp_path / "data"
+    shutil.copytree(demo_dataset / "annotations", dataset / "annotations")
+    (dataset / "videos").symlink_to(demo_dataset / "videos")
+    (dataset / "test_trials.txt").write_text("")
+    (dataset / "cropped_aligned").mkdir()
+    config = yaml.safe_load(write_config(tmp_path, dataset).read_text())
+    change(config, dataset)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(tmp_path / "config.yaml"), "-n", check=False)
+    assert proc.returncode != 0
+    assert expected in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
