@@ -12,9 +12,21 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/media.smk"
+include: "workflow/rules/features.smk"
 
 
 rule all:
     input:
         media_outputs(),
+        feature_outputs(),
     default_target: True
+
+
+rule media:
+    input:
+        media_outputs(),
+
+
+rule features:
+    input:
+        feature_outputs(),

@@ -156,6 +156,55 @@ def test_second_run_plans_nothing_and_lint_is_clean(demo_run):
     assert "Congratulations" in lint.stdout + lint.stderr
 
 
+def test_feature_files_sit_on_the_frame_clock(demo_run):
+    results, config = demo_run
+    ds = discover(config["data"])
+    for name in ds.used_videos:
+        meta = json.loads((results / "audio" / f"{name}.json").read_text())
+        for feature, dim in (("mfcc", 39), ("vggish", 128)):
+            with h5py.File(results / "features" / feature / f"{name}.h5") as h5:
+                assert h5["features"].shape == (meta["n_frames"], dim), (feature, name)
+                assert h5["features"].dtype == np.float32 and h5["features"].compression is None
+                np.testing.assert_allclose(h5["timestamps"][:], meta["frame_times"])
+                assert bool(h5.attrs["audio_missing"]) == meta["audio_missing"]
+                assert np.isfinite(h5["features"][:]).all()
+                if feature == "vggish":
+                    assert h5.attrs["weights"] == "random-init"
+    for name in ds.trials:
+        with h5py.File(results / "faces" / f"{name}.h5") as faces, \
+                h5py.File(results / "features" / "iresnet50" / f"{name}.h5") as feats:
+            assert feats["features"].shape == (faces["faces"].shape[0], 512)
+            np.testing.assert_array_equal(feats["face_found"][:], faces["face_found"][:])
+            np.testing.assert_allclose(feats["timestamps"][:], faces["timestamps"][:])
+            assert feats.attrs["weights"] == "random-init" and feats.attrs["extractor"] == "iresnet50"
+            assert json.loads(feats.attrs["params"])["batch_size"] == config["features"]["iresnet50"]["batch_size"]
+
+
+def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
+    """What `snakemake -n` would run for ``config``, as {rule: count}."""
+    path = workdir / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = snakemake(workdir, "--configfile", str(path), "-n").stdout
+    if "Nothing to be done" in out:
+        return {}
+    table = out.split("Job stats:")[1].split("total")[0]
+    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
+    return {rule: int(count) for rule, count in rows}
+
+
+@pytest.mark.parametrize(
+    "section, key, value, rule",
+    [("mfcc", "lifter", 0, "extract_mfcc"), ("vggish", "final_relu", False, "extract_vggish"),
+     ("iresnet50", "batch_size", 8, "extract_iresnet50")],
+)
+def test_changed_feature_parameter_reruns_only_that_feature(demo_run, section, key, value, rule):
+    results, config = demo_run
+    changed = json.loads(json.dumps(config))
+    changed["features"][section][key] = value
+    n = len(list((results / "features" / section).glob("*.h5")))
+    assert planned_jobs(results.parent, changed) == {rule: n, "all": 1}
+
+
 def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
     dataset = tmp_path / "bad data"
     shutil.copytree(demo_dataset, dataset)
@@ -166,7 +215,10 @@ def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
     lines[9] = "0.1,high"
     broken_ann.write_text("\n".join(lines) + "\n")
     config = write_config(tmp_path, dataset)
-    proc = snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "--keep-going", check=False)
+    # every media job, and the features of one good trial and of the damaged ones
+    targets = ["media"] + [f"results/features/{kind}/{name}.h5" for kind in ("mfcc", "iresnet50")
+                           for name in ("grid_swwp2s", "grid_bbaf2n")]
+    proc = snakemake(tmp_path, "--configfile", str(config), "--cores", "2", "--keep-going", *targets, check=False)
     assert proc.returncode != 0
     results = tmp_path / "results"
     logs = results / "logs"
@@ -181,6 +233,9 @@ def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
     assert len(list((results / "audio").glob("*.wav"))) == 14
     assert len(list((results / "faces").glob("*.h5"))) == 15
     assert len(list((results / "labels").glob("*.h5"))) == 13
+    # features follow the good trial only; nothing downstream of the damaged video ran
+    assert [p.name for p in (results / "features" / "mfcc").iterdir()] == ["grid_swwp2s.h5"]
+    assert [p.name for p in (results / "features" / "iresnet50").iterdir()] == ["grid_swwp2s.h5"]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """Media stage, audio: every video becomes a 16 kHz mono 16-bit PCM WAV.
 
-A video without an audio stream gets silence of the video's length and ``audio_missing``
-in the sidecar JSON, which the later stages read.
+The sidecar JSON carries what the audio features need to sit on the video's frame clock:
+the presentation time of every video frame (``frame_times``) and where the first audio
+sample sits on that clock (``audio_start_s``). A video without an audio stream gets
+silence of the video's length and ``audio_missing: true``, which later stages read.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import soundfile as sf
 
 from vafusion.io import atomic_output
-from vafusion.video import MediaError, ffmpeg_binary, probe_video
+from vafusion.video import MediaError, ffmpeg_binary, frame_times, probe_video
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ def extract_audio(video: str | Path, wav_path: str | Path, meta_path: str | Path
     """Write ``wav_path`` and its metadata JSON ``meta_path``; return the metadata."""
     video = Path(video)
     info = probe_video(video)
+    times = frame_times(video)
     with atomic_output(wav_path) as tmp_wav:
         if info.has_audio:
             _decode_to_wav(video, tmp_wav, sample_rate)
@@ -47,9 +50,12 @@ def extract_audio(video: str | Path, wav_path: str | Path, meta_path: str | Path
             "duration_s": wav_info.frames / wav_info.samplerate,
             "video_duration_s": info.duration,
             "video_fps": info.fps,
+            "audio_start_s": info.audio_start if info.has_audio else times[0],
+            "n_frames": len(times),
+            "frame_times": times,
         }
         with atomic_output(meta_path) as tmp_meta:
-            tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+            tmp_meta.write_text(json.dumps(meta) + "\n")
     log.info("%s -> %s: %.3f s of audio (video %.3f s)%s", video, wav_path, meta["duration_s"],
              info.duration, " [audio missing]" if audio_missing else "")
     return meta

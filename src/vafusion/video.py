@@ -29,6 +29,7 @@ class VideoInfo:
     declared_frames: int  # 0 when the container does not say
     duration: float  # seconds, from the container (0.0 when unknown)
     has_audio: bool
+    audio_start: float  # seconds on the container clock where the first audio sample sits
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def probe_video(path: str | Path) -> VideoInfo:
             duration = container.duration / av.time_base
         else:
             duration = 0.0
+        audio_start = 0.0
+        if container.streams.audio:
+            audio = container.streams.audio[0]
+            if audio.start_time is not None and audio.time_base is not None:
+                audio_start = float(audio.start_time * audio.time_base)
         return VideoInfo(
             path=path,
             width=stream.codec_context.width,
@@ -80,6 +86,7 @@ def probe_video(path: str | Path) -> VideoInfo:
             declared_frames=int(stream.frames or 0),
             duration=duration,
             has_audio=bool(container.streams.audio),
+            audio_start=audio_start,
         )
 
 
@@ -89,9 +96,19 @@ def iter_frames(path: str | Path) -> Iterator[Frame]:
     Raises MediaError for a file that cannot be decoded or that ends before the number of
     frames its container declares (a truncated download or copy).
     """
-    path = Path(path)
+    for index, time, frame in _decode(Path(path)):
+        yield Frame(index=index, time=time, rgb=frame.to_ndarray(format="rgb24"))
+
+
+def frame_times(path: str | Path) -> list[float]:
+    """Presentation times (s) of every decoded frame: the pipeline's frame clock."""
+    return [time for _, time, _ in _decode(Path(path))]
+
+
+def _decode(path: Path) -> Iterator[tuple[int, float, av.VideoFrame]]:
     with _open(path) as container:
         stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame-threaded decoding; order and output unchanged
         declared = int(stream.frames or 0)
         rate = stream.average_rate or stream.guessed_rate
         index = 0
@@ -100,7 +117,7 @@ def iter_frames(path: str | Path) -> Iterator[Frame]:
                 time = frame.time
                 if time is None:  # no timestamp: fall back to the nominal rate
                     time = index / float(rate) if rate else float(index)
-                yield Frame(index=index, time=float(time), rgb=frame.to_ndarray(format="rgb24"))
+                yield index, float(time), frame
                 index += 1
         except av.FFmpegError as err:
             raise MediaError(f"{path}: decoding failed after {index} frames ({err})") from None

@@ -18,6 +18,12 @@ except DatasetError as err:
         hint = "\n(the demo dataset is built by `make demo`, which `make run` calls)"
     raise WorkflowError(f"{err}{hint}")
 
+for name, path in config["weights"].items():
+    if path is not None and not Path(path).is_file():
+        raise WorkflowError(f"weights.{name}: file '{path}' does not exist")
+if config["features"]["vggish"]["pca"] and config["weights"]["vggish_pca"] is None:
+    raise WorkflowError("features.vggish.pca is true but weights.vggish_pca is null")
+
 VIDEOS = DATASET.used_videos
 TRIALS = DATASET.trials
 ANNOTATED = [name for name, t in TRIALS.items() if t.annotation is not None]
@@ -50,4 +56,22 @@ def media_outputs():
         expand(f"{OUT}/audio/{{video}}.wav", video=VIDEOS)
         + expand(f"{OUT}/faces/{{trial}}.h5", trial=TRIALS)
         + expand(f"{OUT}/labels/{{trial}}.h5", trial=ANNOTATED)
+    )
+
+
+def weights_input(name):
+    """The weights file as an input (so replacing it reruns the job), or nothing."""
+    path = config["weights"][name]
+    return [] if path is None else [path]
+
+
+# Networks use a GPU unless the config pins them to the CPU (then no gpu is requested).
+GPU_JOB = 0 if config["features"]["device"] == "cpu" else 1
+
+
+def feature_outputs():
+    return (
+        expand(f"{OUT}/features/mfcc/{{video}}.h5", video=VIDEOS)
+        + expand(f"{OUT}/features/vggish/{{video}}.h5", video=VIDEOS)
+        + expand(f"{OUT}/features/iresnet50/{{trial}}.h5", trial=TRIALS)
     )

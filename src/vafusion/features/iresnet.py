@@ -1,0 +1,76 @@
+"""IResNet-50 face embeddings, one 512-d vector per video frame of a trial.
+
+Faces are read from the media stage's HDF5 a batch at a time by a background thread
+(pinned memory on CUDA), so reading overlaps with compute and memory is bounded by the
+batch. On CUDA the network runs under bf16 autocast; on the CPU in float32, channels-last,
+in inference mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import h5py
+import numpy as np
+import torch
+
+from vafusion.features.common import FeatureFile, map_blocks, provenance, resolve_device, set_cpu_threads
+from vafusion.models.iresnet import iresnet50, normalize_faces
+from vafusion.weights import load_weights
+
+log = logging.getLogger(__name__)
+EMBEDDING_SIZE = 512
+
+
+@dataclass(frozen=True)
+class IresnetParams:
+    batch_size: int = 32
+    channels_last: bool = True
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_iresnet50(weights: str | None, device: torch.device, channels_last: bool, seed: int = 0):
+    model = iresnet50()
+    info = load_weights(model, weights, what="iresnet50", seed=seed)
+    model.to(device).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, info
+
+
+def embed_faces(model: torch.nn.Module, faces_uint8: torch.Tensor, device: torch.device,
+                channels_last: bool) -> torch.Tensor:
+    """(N, 112, 112, 3) uint8 -> (N, 512) float32 embeddings."""
+    x = normalize_faces(faces_uint8.to(device, non_blocking=True))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        return model(x).float()
+
+
+def extract_iresnet50(faces_path: str, out_path: str, params: IresnetParams, *, weights: str | None,
+                      device: str = "auto", threads: int = 1, seed: int = 0) -> None:
+    """Write ``out_path``: (T, 512) embeddings + the trial's ``face_found`` mask."""
+    dev = resolve_device(device)
+    set_cpu_threads(threads)
+    model, weights_info = build_iresnet50(weights, dev, params.channels_last, seed)
+    pin = dev.type == "cuda"
+    with h5py.File(faces_path, "r") as src:
+        faces, times, found = src["faces"], src["timestamps"][:], src["face_found"][:]
+        attrs = provenance("iresnet50", {**params.as_dict(), "input": "112x112 RGB, (x/255-0.5)/0.5"}, weights_info, dev)
+        attrs["faces_source"] = src.attrs.get("source", "")
+
+        def read(lo: int, hi: int) -> torch.Tensor:
+            batch = torch.from_numpy(faces[lo:hi])
+            return batch.pin_memory() if pin else batch
+
+        with FeatureFile(out_path, times, EMBEDDING_SIZE, attrs) as out, torch.inference_mode():
+            out.h5.create_dataset("face_found", data=found)
+            for start, batch in map_blocks(len(times), params.batch_size, read):
+                out.write(start, embed_faces(model, batch, dev, params.channels_last).cpu().numpy())
+    if not found.any():
+        log.warning("%s: no face in any frame; embeddings of blank frames, face_found all false", faces_path)
+    log.info("iresnet50: %d faces -> %s (%s)", len(times), out_path, weights_info["weights"])

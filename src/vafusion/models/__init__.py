@@ -1,0 +1,1 @@
+"""Neural network architectures, one per module (torchvision style)."""

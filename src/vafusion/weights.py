@@ -1,0 +1,98 @@
+"""Loading user-supplied pretrained weights, strictly, with provenance.
+
+Nothing is downloaded. A configured path must hold a state dict whose keys and shapes fit
+the architecture exactly; anything else is an error that lists what is missing, what is
+unexpected and what has the wrong shape. Without a path the network is initialised from a
+fixed seed, a loud warning goes to the log, and the provenance says ``random-init`` so that
+no output can pass random features off as pretrained ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+RANDOM_INIT = "random-init"
+
+
+class WeightsError(RuntimeError):
+    """A checkpoint that is missing, unreadable, or does not fit the network."""
+
+
+def sha256sum(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path, what: str) -> dict:
+    """Read a checkpoint file into a flat {name: tensor} dict (raises WeightsError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{what} weights file '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # e.g. torchvggish's PCA file stores numpy arrays; the path is the user's own choice
+        log.warning("%s: not a plain tensor checkpoint, loading it with full unpickling", path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any failure means an unusable file
+            raise WeightsError(f"{what} weights file '{path}' cannot be read: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise WeightsError(f"{what} weights file '{path}' cannot be read (corrupt or not a PyTorch checkpoint): {err}") from None
+    for wrapper in ("state_dict", "model"):  # common training-checkpoint wrappers
+        if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{what} weights file '{path}' holds a {type(state).__name__}, not a state dict")
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return {k: torch.as_tensor(v) for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path | None, *, what: str, seed: int = 0) -> dict:
+    """Fill ``model`` from ``path`` (strict) or from a seeded random init; return provenance.
+
+    The model must have been constructed already; for random init it is re-initialised
+    here from ``seed`` so that two runs give identical features.
+    """
+    if path is None:
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters") and module is not model:
+                module.reset_parameters()
+        log.warning(
+            "!!! NO PRETRAINED WEIGHTS for %s: using a RANDOM initialisation (seed %d). "
+            "The features are NOT pretrained embeddings; set weights.%s in the config. "
+            "The output files record weights='%s'. !!!", what, seed, what, RANDOM_INIT)
+        return {"weights": RANDOM_INIT, "weights_sha256": RANDOM_INIT, "weights_seed": seed}
+
+    state = read_state_dict(path, what)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{k}: file {tuple(state[k].shape)}, network {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state) if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong_shape:
+        parts = [f"{what} weights file '{path}' does not fit the {type(model).__name__} architecture:"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong_shape)):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+                parts.append(f"  {title} ({len(items)}): {shown}")
+        raise WeightsError("\n".join(parts))
+    model.load_state_dict(state, strict=True)
+    digest = sha256sum(path)
+    log.info("%s: loaded pretrained weights %s (sha256 %s)", what, path, digest)
+    return {"weights": str(path), "weights_sha256": digest, "weights_seed": -1}
