@@ -27,3 +27,6 @@ test: setup
 
 clean:
 	rm -rf results .snakemake
+
+bench: setup
+	$(VENV)/bin/python benchmarks/bench_features.py
