@@ -13,12 +13,14 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/media.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/learning.smk"
 
 
 rule all:
     input:
         media_outputs(),
         feature_outputs(),
+        learning_outputs(),
     default_target: True
 
 

@@ -75,3 +75,43 @@ def feature_outputs():
         + expand(f"{OUT}/features/vggish/{{video}}.h5", video=VIDEOS)
         + expand(f"{OUT}/features/iresnet50/{{trial}}.h5", trial=TRIALS)
     )
+
+
+MODELS = config["learning"]["models"]
+FOLDS = list(range(config["learning"]["n_folds"]))
+TEST_TRIALS = [t.name for t in DATASET.partition("test")]
+GPU_TRAIN = 0 if config["learning"]["device"] == "cpu" else 1
+
+
+def aligned_inputs(wildcards):
+    """A trial's features (its video's audio features, its own faces), audio metadata and
+    validated labels (annotated trials only)."""
+    trial = TRIALS[wildcards.trial]
+    inputs = {
+        "iresnet50": f"{OUT}/features/iresnet50/{trial.name}.h5",
+        "vggish": f"{OUT}/features/vggish/{trial.video}.h5",
+        "mfcc": f"{OUT}/features/mfcc/{trial.video}.h5",
+        "audio_meta": f"{OUT}/audio/{trial.video}.json",
+    }
+    if trial.annotation is not None:
+        inputs["labels"] = f"{OUT}/labels/{trial.name}.h5"
+    return inputs
+
+
+def model_hparams(wildcards):
+    section = "tcn_transformer" if wildcards.model == "tcn_transformer" else "cross_attention"
+    return config["learning"][section]
+
+
+RUN_OUTPUTS = ("model.pt", "metrics.json", "history.csv", "val_predictions.h5")
+
+
+def run_files(name):
+    return expand(f"{OUT}/models/{{model}}/fold{{fold}}/{name}", model=MODELS, fold=FOLDS)
+
+
+def learning_outputs():
+    return (
+        [f"{OUT}/reports/ccc.csv", f"{OUT}/reports/summary.md", f"{OUT}/reports/report.html"]
+        + expand(f"{OUT}/predictions/{{model}}/test/{{trial}}.txt", model=MODELS, trial=TEST_TRIALS)
+    )

@@ -1,0 +1,1 @@
+"""Learning stage: alignment to annotations, folds, training, prediction, reports."""

@@ -1,0 +1,304 @@
+"""Training one fusion model on one fold, validating, predicting.
+
+- Windows of ``window`` frames every ``hop`` (the last flush with the trial's end); short
+  trials are padded and the padding masked.
+- Loss 2 - CCC_valence - CCC_arousal over the batch's valid frames.
+- AdamW, linear warm-up then cosine decay of the learning rate (per epoch), early stopping
+  on the mean validation CCC; bf16 autocast on CUDA; seeded and deterministic on the CPU.
+- A checkpoint after every epoch (``last.pt``) lets an interrupted training resume where
+  it stopped; it is only reused when the model, settings, fold and input files are the
+  same, and removed once the training has finished.
+- Validation: overlapping windows averaged per frame, optional moving-average smoothing,
+  CCC per target over all valid frames of the fold's validation trials concatenated.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from vafusion.io import atomic_output
+from vafusion.learning.ccc import ccc, ccc_loss
+from vafusion.learning.data import Normalizer, TrialData, load_trial, make_batch, stream_dims, window_starts
+from vafusion.models import build_fusion_model
+
+log = logging.getLogger(__name__)
+AUDIO_STREAMS = ("vggish", "mfcc")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    window: int = 300
+    hop: int = 200
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    max_epochs: int = 40
+    warmup_epochs: int = 2
+    patience: int = 10
+    seed: int = 0
+    smoothing: int = 0  # moving-average window in frames applied to predictions (0: off)
+    missing_audio: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def resolve_device(requested: str) -> torch.device:
+    from vafusion.features.common import resolve_device as resolve
+
+    return resolve(requested)
+
+
+# --- prediction ------------------------------------------------------------------------------
+
+def smooth(prediction: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average over ``window`` frames (edges use the frames available)."""
+    if window <= 1:
+        return prediction
+    kernel = np.ones(window)
+    counts = np.convolve(np.ones(len(prediction)), kernel, mode="same")
+    return np.stack([np.convolve(prediction[:, j], kernel, mode="same") / counts
+                     for j in range(prediction.shape[1])], axis=1)
+
+
+def drop_audio(trial: TrialData, share: float, rng: np.random.Generator) -> TrialData:
+    """Zero (after normalisation: the training mean) a random ``share`` of the audio frames."""
+    if share <= 0:
+        return trial
+    missing = rng.random(trial.length) < share
+    streams = dict(trial.streams)
+    for s in AUDIO_STREAMS:
+        x = streams[s].copy()
+        x[missing] = 0.0
+        streams[s] = x
+    return TrialData(trial.name, streams, trial.labels, trial.valid)
+
+
+@torch.inference_mode()
+def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+    """(T, 2) predictions: every overlapping window's output averaged per frame."""
+    model.eval()
+    total = np.zeros((trial.length, 2), np.float64)
+    count = np.zeros((trial.length, 1), np.float64)
+    starts = window_starts(trial.length, cfg.window, cfg.hop)
+    for i in range(0, len(starts), cfg.batch_size):
+        chunk = starts[i:i + cfg.batch_size]
+        batch = make_batch([(trial, s) for s in chunk], cfg.window).to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model(batch.streams, batch.padding).float().cpu().numpy()
+        for j, start in enumerate(chunk):
+            n = min(cfg.window, trial.length - start)
+            total[start:start + n] += out[j, :n]
+            count[start:start + n] += 1
+    return smooth(total / count, cfg.smoothing).astype(np.float32)
+
+
+def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData]) -> dict[str, float]:
+    """CCC per target over all valid frames of ``trials`` concatenated."""
+    scores = {}
+    for j, target in enumerate(("valence", "arousal")):
+        pred = np.concatenate([predictions[t.name][t.valid[:, j], j] for t in trials]) if trials else np.array([])
+        true = np.concatenate([t.labels[t.valid[:, j], j] for t in trials]) if trials else np.array([])
+        if pred.size == 0:
+            log.warning("no valid %s frame in this fold's validation trials: CCC is NaN", target)
+        scores[f"ccc_{target}"] = ccc(pred, true)
+    scores["ccc_mean"] = (scores["ccc_valence"] + scores["ccc_arousal"]) / 2
+    return scores
+
+
+def evaluate(model, trials: list[TrialData], cfg: TrainConfig, device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    predictions = {t.name: predict_trial(model, t, cfg, device) for t in trials}
+    return fold_ccc(predictions, trials), predictions
+
+
+# --- training --------------------------------------------------------------------------------
+
+def lr_factor(epoch: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_epochs``, then cosine decay to 0 at ``max_epochs``."""
+    if epoch < cfg.warmup_epochs:
+        return (epoch + 1) / (cfg.warmup_epochs + 1)
+    progress = (epoch - cfg.warmup_epochs) / max(1, cfg.max_epochs - cfg.warmup_epochs)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def fingerprint(model_name: str, hparams: dict, cfg: TrainConfig, fold: dict, paths: dict[str, Path]) -> str:
+    """What a resumable checkpoint must match: model, settings, fold and input files."""
+    files = {name: (os.stat(p).st_size, os.stat(p).st_mtime_ns) for name, p in sorted(paths.items())}
+    blob = json.dumps([model_name, hparams, asdict(cfg), fold, files], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Path], out_dir: str | Path,
+               cfg: TrainConfig, device: str = "auto", threads: int = 1,
+               stop_after_epochs: int | None = None) -> dict:
+    """Train ``model_name`` on ``fold`` ({"fold", "train", "validation"} trial lists), write
+    model.pt, metrics.json, history.csv and val_predictions.h5 into ``out_dir``.
+
+    ``stop_after_epochs`` interrupts the run after that many epochs in this call (the
+    resume test uses it); the checkpoint then carries on in the next call.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    # Deterministic on the CPU with a fixed seed and thread count (checked by the tests);
+    # torch.use_deterministic_algorithms is not needed there and costs up to 10x.
+    torch.set_num_threads(max(1, threads))
+    paths = {name: Path(aligned[name]) for name in fold["train"] + fold["validation"]}
+    raw_train = [load_trial(paths[n]) for n in fold["train"]]
+    normalizer = Normalizer.fit(raw_train)  # training trials only
+    train = [normalizer.apply(t) for t in raw_train]
+    val = [normalizer.apply(load_trial(paths[n])) for n in fold["validation"]]
+    dims = stream_dims(train[0])
+
+    torch.manual_seed(cfg.seed)
+    model = build_fusion_model(model_name, dims, hparams).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
+    rng = np.random.default_rng(cfg.seed)
+    state = TrainState()
+    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    checkpoint = out_dir / "last.pt"
+    key = fingerprint(model_name, hparams, cfg, fold, paths)
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=dev, weights_only=False)
+        if saved.get("fingerprint") == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            best_weights = saved["best_weights"]
+            state = TrainState(**saved["state"])
+            rng.bit_generator.state = saved["numpy_rng"]
+            torch.set_rng_state(saved["torch_rng"])
+            log.info("resuming %s fold %d after epoch %d", model_name, fold["fold"], state.epoch)
+        else:
+            log.info("ignoring %s: it belongs to other settings or inputs", checkpoint)
+
+    windows = [(t, s) for t in train for s in window_starts(t.length, cfg.window, cfg.hop)]
+    epochs_this_call = 0
+    while state.epoch < cfg.max_epochs and state.bad_epochs < cfg.patience:
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            return {"interrupted_after_epoch": state.epoch}
+        model.train()
+        order = rng.permutation(len(windows))
+        started, losses = time.perf_counter(), []
+        for i in range(0, len(order), cfg.batch_size):
+            batch = make_batch([windows[j] for j in order[i:i + cfg.batch_size]], cfg.window).to(dev)
+            if not batch.valid.any():
+                continue
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                out = model(batch.streams, batch.padding)
+            loss = ccc_loss(out.float(), batch.labels, batch.valid)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            losses.append(float(loss))
+        train_seconds = time.perf_counter() - started
+        scheduler.step()
+        scores, _ = evaluate(model, val, cfg, dev)
+        state.epoch += 1
+        epochs_this_call += 1
+        score = scores["ccc_mean"]
+        improved = not math.isnan(score) and score > state.best_score
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_epochs += 1
+        state.history.append({"epoch": state.epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
+                              **{f"val_{k}": v for k, v in scores.items()},
+                              "lr": optimizer.param_groups[0]["lr"], "seconds": train_seconds,
+                              "windows_per_s": len(windows) / train_seconds if train_seconds > 0 else math.nan})
+        log.info("%s fold %d epoch %d: loss %.4f, val CCC v %.3f a %.3f%s", model_name, fold["fold"], state.epoch,
+                 state.history[-1]["train_loss"], scores["ccc_valence"], scores["ccc_arousal"], " *" if improved else "")
+        with atomic_output(checkpoint) as tmp:
+            torch.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "best_weights": best_weights,
+                        "state": asdict(state), "numpy_rng": rng.bit_generator.state,
+                        "torch_rng": torch.get_rng_state()}, tmp)
+
+    model.load_state_dict(best_weights)
+    scores, predictions = evaluate(model, val, cfg, dev)
+    robustness = {}
+    for share in cfg.missing_audio:
+        drop_rng = np.random.default_rng(cfg.seed + 1)
+        dropped = [drop_audio(t, share, drop_rng) for t in val]
+        robustness[f"{share:g}"] = evaluate(model, dropped, cfg, dev)[0]
+    throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
+    metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
+               "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
+               "n_train_trials": len(train), "n_validation_trials": len(val),
+               "n_valid_frames": {t: int(sum(v.valid[:, j].sum() for v in val)) for j, t in enumerate(("valence", "arousal"))},
+               "missing_audio": robustness, "device": str(dev)}
+    write_outputs(out_dir, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, state.history,
+                  predictions, val)
+    checkpoint.unlink(missing_ok=True)
+    return metrics
+
+
+def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, history,
+                  predictions, val) -> None:
+    with atomic_output(out_dir / "model.pt") as tmp:
+        torch.save({"model_name": model_name, "hparams": hparams, "dims": dims, "state_dict": model.state_dict(),
+                    "normalizer": normalizer.state(), "train_config": asdict(cfg), "fold": fold["fold"],
+                    "metrics": {k: metrics[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch")}}, tmp)
+    with atomic_output(out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]) if history else ["epoch"])
+        writer.writeheader()
+        writer.writerows(history)
+    with atomic_output(out_dir / "val_predictions.h5") as tmp, h5py.File(tmp, "w") as h5:
+        for trial in val:
+            group = h5.create_group(trial.name)
+            group["prediction"] = predictions[trial.name]
+            group["label"] = trial.labels
+            group["valid"] = trial.valid
+    with atomic_output(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+
+
+# --- test predictions ------------------------------------------------------------------------
+
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Normalizer, TrainConfig]:
+    saved = torch.load(path, map_location=device, weights_only=False)
+    model = build_fusion_model(saved["model_name"], saved["dims"], saved["hparams"]).to(device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), Normalizer.from_state(saved["normalizer"]), TrainConfig.from_dict(saved["train_config"])
+
+
+def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path], out_dir: str | Path,
+                        device: str = "auto") -> None:
+    """Average the fold models' per-frame predictions; one ``<trial>.txt`` per test trial
+    (header ``valence,arousal``, one row per video frame)."""
+    dev = resolve_device(device)
+    models = [load_model(p, dev) for p in model_paths]
+    out_dir = Path(out_dir)
+    for name, path in sorted(aligned.items()):
+        trial = load_trial(path)
+        mean = np.mean([predict_trial(m, norm.apply(trial), cfg, dev) for m, norm, cfg in models], axis=0)
+        with atomic_output(out_dir / f"{name}.txt") as tmp:
+            lines = ["valence,arousal"] + [f"{v:.6f},{a:.6f}" for v, a in mean]
+            tmp.write_text("\n".join(lines) + "\n")
+        log.info("%s: %d frames predicted from %d fold models", name, len(mean), len(models))

@@ -1,0 +1,18 @@
+# Snakemake adapter: trial lists + labels -> folds.json (vafusion.learning.folds).
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
+
+from vafusion.io import atomic_output
+from vafusion.jobs import job_logging
+from vafusion.learning.folds import excluded_trials, make_folds
+
+with job_logging(snakemake.log[0], "make_folds") as log:
+    excluded = excluded_trials(snakemake.input.labels)
+    for trial, reason in excluded.items():
+        log.warning("trial %s is left out of every fold: %s", trial, reason)
+    folds = make_folds(snakemake.params.train, snakemake.params.validation, snakemake.params.n_folds, excluded)
+    with atomic_output(snakemake.output.folds) as tmp:
+        Path(tmp).write_text(json.dumps(folds, indent=2) + "\n")
