@@ -125,6 +125,7 @@ def plot_traces(prediction_file: str | Path, title: str, max_trials: int = 3) ->
                 ax.set_title(f"{name}: {target}", fontsize=9)
         axes[0, 1].legend(fontsize=7)
         fig.suptitle(title)
+        fig.tight_layout()
     return _png(fig)
 
 

@@ -215,7 +215,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         train_seconds = time.perf_counter() - started
         scheduler.step()
         scores, _ = evaluate(model, val, cfg, dev)
