@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-requirements
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 
-.PHONY: setup demo run test bench clean
+.PHONY: setup demo run test bench bench-learning clean
 
 setup: $(STAMP)
 
@@ -28,5 +28,8 @@ test: setup
 clean:
 	rm -rf results .snakemake
 
-bench: setup
+bench: demo
 	$(VENV)/bin/python benchmarks/bench_features.py
+
+bench-learning: demo
+	$(VENV)/bin/python benchmarks/bench_learning.py

@@ -50,6 +50,7 @@ def write_config(workdir: Path, dataset: Path, output: str = "results", **change
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     config["data"] = data_section(dataset)
     config["output"] = output
+    reduce_learning(config)
     config.update(changes)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -63,6 +64,16 @@ def demo_dataset(tmp_path_factory) -> Path:
     workdir.mkdir()
     snakemake(workdir, "--cores", "1", snakefile="workflow/demo.smk")
     return workdir / "resources" / "demo"
+
+
+# The test run trains two models for a few epochs (the full default list is `make run`'s).
+TEST_LEARNING = {"models": ["tcn_transformer", "ca_iaca"], "max_epochs": 3}
+
+
+def reduce_learning(config: dict) -> dict:
+    config["learning"]["models"] = TEST_LEARNING["models"]
+    config["learning"]["train"]["max_epochs"] = TEST_LEARNING["max_epochs"]
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -198,11 +209,55 @@ def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
      ("iresnet50", "batch_size", 8, "extract_iresnet50")],
 )
 def test_changed_feature_parameter_reruns_only_that_feature(demo_run, section, key, value, rule):
+    """That extractor's jobs and what depends on them; no other extractor, no media job."""
     results, config = demo_run
     changed = json.loads(json.dumps(config))
     changed["features"][section][key] = value
     n = len(list((results / "features" / section).glob("*.h5")))
-    assert planned_jobs(results.parent, changed) == {rule: n, "all": 1}
+    n_models = len(config["learning"]["models"])
+    assert planned_jobs(results.parent, changed) == {
+        rule: n, "align_trial": len(list((results / "aligned").glob("*.h5"))),
+        "train_model": n_models * config["learning"]["n_folds"], "predict_test": n_models, "report": 1, "all": 1}
+
+
+def test_learning_outputs_and_reports(demo_run):
+    results, config = demo_run
+    ds = discover(config["data"])
+    models, n_folds = config["learning"]["models"], config["learning"]["n_folds"]
+    folds = json.loads((results / "folds.json").read_text())
+    assert len(folds["folds"]) == n_folds
+    for name, trial in ds.trials.items():
+        with h5py.File(results / "aligned" / f"{name}.h5") as h5:
+            if trial.annotation is not None:
+                assert h5["iresnet50"].shape[0] == len(trial.annotation.read_text().splitlines()) - 1
+            assert h5["vggish"].shape[1] == 128 and h5["mfcc"].shape[1] == 39
+    rows = (results / "reports" / "ccc.csv").read_text().splitlines()
+    assert rows[0] == "model,fold,ccc_valence,ccc_arousal,ccc_mean"
+    assert len(rows) == 1 + len(models) * n_folds
+    summary = (results / "reports" / "summary.md").read_text()
+    assert all(m in summary for m in models) and "missing" in summary
+    page = (results / "reports" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    for model in models:
+        for name, trial in ds.trials.items():
+            if trial.partition != "test":
+                continue
+            lines = (results / "predictions" / model / "test" / f"{name}.txt").read_text().splitlines()
+            assert lines[0] == "valence,arousal"
+            values = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+            assert len(values) == len(list(iter_frames(ds.videos[trial.video])))
+            assert np.abs(values).max() <= 1.0
+        metrics = json.loads((results / "models" / model / "fold0" / "metrics.json").read_text())
+        assert set(metrics["missing_audio"]) == {"0", "0.1", "0.2", "0.4", "0.6", "0.8"}
+
+
+def test_changed_training_parameter_reruns_training_and_what_follows(demo_run):
+    results, config = demo_run
+    changed = json.loads(json.dumps(config))
+    changed["learning"]["train"]["lr"] = 0.002
+    n = len(config["learning"]["models"])
+    assert planned_jobs(results.parent, changed) == {
+        "train_model": n * config["learning"]["n_folds"], "predict_test": n, "report": 1, "all": 1}
 
 
 def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
