@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 import torch
 
+from vafusion.features.common import resolve_device
 from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc, ccc_loss
 from vafusion.learning.data import Normalizer, TrialData, load_trial, make_batch, stream_dims, window_starts
@@ -54,12 +55,6 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-
-def resolve_device(requested: str) -> torch.device:
-    from vafusion.features.common import resolve_device as resolve
-
-    return resolve(requested)
 
 
 # --- prediction ------------------------------------------------------------------------------
