@@ -28,7 +28,7 @@ test: setup
 clean:
 	rm -rf results .snakemake
 
-bench: demo
+bench: setup
 	$(VENV)/bin/python benchmarks/bench_features.py
 
 bench-learning: demo
