@@ -1,17 +1,22 @@
-"""Shared fixtures: small real media made with the real ffmpeg."""
+"""Shared fixtures: small real media made with the real ffmpeg, and helpers that run the
+real Snakemake workflow on the demo dataset."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vafusion.video import ffmpeg_binary
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = REPO / "data" / "grid"
 TEST_DATA = REPO / "tests" / "data"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def make_video(path: Path, *, seconds: float = 1.0, fps: int = 25, audio: bool = True,
@@ -34,3 +39,87 @@ def video_factory(tmp_path):
         return make_video(tmp_path / name, **kwargs)
 
     return factory
+
+
+def snakemake(workdir: Path, *args: str, snakefile: str = "Snakefile", check: bool = True):
+    """Run snakemake from the repository (its workflow profile applies) in ``workdir``."""
+    cmd = SNAKEMAKE + ["-s", str(REPO / snakefile), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def data_section(dataset: Path) -> dict:
+    """The config's data section for a dataset in the demo's layout."""
+    return {
+        "videos": str(dataset / "videos"),
+        "annotations": {"train": str(dataset / "annotations" / "train"),
+                        "validation": str(dataset / "annotations" / "validation")},
+        "cropped_aligned": str(dataset / "cropped_aligned"),
+        "test_trials": str(dataset / "test_trials.txt"),
+    }
+
+
+# Test runs train two models for a few epochs (the full default list is `make run`'s).
+TEST_LEARNING = {"models": ["tcn_transformer", "ca_iaca"], "max_epochs": 3}
+
+
+def write_config(workdir: Path, dataset: Path, output: str = "results", **changes) -> Path:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["data"] = data_section(dataset)
+    config["output"] = output
+    config["learning"]["models"] = TEST_LEARNING["models"]
+    config["learning"]["train"]["max_epochs"] = TEST_LEARNING["max_epochs"]
+    config.update(changes)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+_JOB = re.compile(r"^(?:local)?rule (\w+):$")
+
+
+def planned_jobs(workdir: Path, config: dict | Path) -> set[str]:
+    """The jobs `snakemake -n` plans, as "rule[wildcards]" (or "rule" without wildcards)."""
+    if isinstance(config, dict):
+        path = workdir / "changed.yaml"
+        path.write_text(yaml.safe_dump(config))
+    else:
+        path = config
+    proc = snakemake(workdir, "--configfile", str(path), "-n")
+    jobs, rule, wildcards = set(), None, ""
+    for line in (proc.stdout + proc.stderr).splitlines() + [""]:
+        match = _JOB.match(line)
+        if match or not line.strip():
+            if rule:
+                jobs.add(f"{rule}[{wildcards}]" if wildcards else rule)
+            rule, wildcards = (match.group(1), "") if match else (None, "")
+        elif rule and line.strip().startswith("wildcards: "):
+            wildcards = line.strip()[len("wildcards: "):]
+    return jobs
+
+
+def jobs_of(rule: str, key: str | None = None, values=()) -> set[str]:
+    """The planned-job names of ``rule`` for each wildcard value (or the rule alone)."""
+    if key is None:
+        return {rule}
+    return {f"{rule}[{key}={value}]" for value in values}
+
+
+@pytest.fixture(scope="session")
+def demo_dataset(tmp_path_factory) -> Path:
+    """The demo dataset, built by the workflow's own rule, in a folder with spaces."""
+    workdir = tmp_path_factory.mktemp("e2e") / "work dir"
+    workdir.mkdir()
+    snakemake(workdir, "--cores", "1", snakefile="workflow/demo.smk")
+    return workdir / "resources" / "demo"
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_dataset) -> tuple[Path, dict]:
+    """One complete run of the workflow on the demo dataset: (results folder, config)."""
+    workdir = demo_dataset.parents[1]
+    config = write_config(workdir, demo_dataset)
+    snakemake(workdir, "--configfile", str(config), "--cores", "2")
+    return workdir / "results", yaml.safe_load(config.read_text())

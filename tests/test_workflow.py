@@ -1,15 +1,14 @@
 """End to end: the real Snakemake workflow on the demo dataset (built by its own rule).
 
-One complete run is shared by the checks of this module; a second run on a damaged copy
-checks that bad input fails only its own jobs and leaves no partial output.
+One complete run (the session's ``demo_run``) is shared by the checks of this module; a
+second run on a damaged copy checks that bad input fails only its own jobs and leaves no
+partial output. What reruns after a change is in test_reruns.py, SLURM in test_cluster.py.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -18,70 +17,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from conftest import REPO
+from conftest import data_section, snakemake, write_config
 from vafusion.dataset import discover
 from vafusion.video import iter_frames, probe_video
 
 pytestmark = pytest.mark.e2e
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(workdir: Path, *args: str, snakefile: str = "Snakefile", check: bool = True):
-    """Run snakemake from the repository (its workflow profile applies) in ``workdir``."""
-    cmd = SNAKEMAKE + ["-s", str(REPO / snakefile), "--directory", str(workdir), *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def data_section(dataset: Path) -> dict:
-    """The config's data section for a dataset in the demo's layout."""
-    return {
-        "videos": str(dataset / "videos"),
-        "annotations": {"train": str(dataset / "annotations" / "train"),
-                        "validation": str(dataset / "annotations" / "validation")},
-        "cropped_aligned": str(dataset / "cropped_aligned"),
-        "test_trials": str(dataset / "test_trials.txt"),
-    }
-
-
-def write_config(workdir: Path, dataset: Path, output: str = "results", **changes) -> Path:
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    config["data"] = data_section(dataset)
-    config["output"] = output
-    reduce_learning(config)
-    config.update(changes)
-    path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture(scope="module")
-def demo_dataset(tmp_path_factory) -> Path:
-    """The demo dataset, built by the workflow's own rule, in a folder with spaces."""
-    workdir = tmp_path_factory.mktemp("e2e") / "work dir"
-    workdir.mkdir()
-    snakemake(workdir, "--cores", "1", snakefile="workflow/demo.smk")
-    return workdir / "resources" / "demo"
-
-
-# The test run trains two models for a few epochs (the full default list is `make run`'s).
-TEST_LEARNING = {"models": ["tcn_transformer", "ca_iaca"], "max_epochs": 3}
-
-
-def reduce_learning(config: dict) -> dict:
-    config["learning"]["models"] = TEST_LEARNING["models"]
-    config["learning"]["train"]["max_epochs"] = TEST_LEARNING["max_epochs"]
-    return config
-
-
-@pytest.fixture(scope="module")
-def demo_run(demo_dataset) -> tuple[Path, dict]:
-    workdir = demo_dataset.parents[1]
-    config = write_config(workdir, demo_dataset)
-    snakemake(workdir, "--configfile", str(config), "--cores", "2")
-    return workdir / "results", yaml.safe_load(config.read_text())
 
 
 def test_demo_dataset_has_the_promised_layout(demo_dataset):
@@ -158,12 +98,9 @@ def test_labels_for_annotated_trials(demo_run):
             assert np.array_equal(h5["valid_arousal"][:], h5["arousal"][:] != -5)
 
 
-def test_second_run_plans_nothing_and_lint_is_clean(demo_run):
+def test_lint_is_clean(demo_run):
     results, _ = demo_run
-    workdir = results.parent
-    dry = snakemake(workdir, "--configfile", str(workdir / "config.yaml"), "-n")
-    assert "Nothing to be done" in dry.stdout + dry.stderr
-    lint = snakemake(workdir, "--configfile", str(workdir / "config.yaml"), "--lint")
+    lint = snakemake(results.parent, "--configfile", str(results.parent / "config.yaml"), "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr
 
 
@@ -189,35 +126,6 @@ def test_feature_files_sit_on_the_frame_clock(demo_run):
             np.testing.assert_allclose(feats["timestamps"][:], faces["timestamps"][:])
             assert feats.attrs["weights"] == "random-init" and feats.attrs["extractor"] == "iresnet50"
             assert json.loads(feats.attrs["params"])["batch_size"] == config["features"]["iresnet50"]["batch_size"]
-
-
-def planned_jobs(workdir: Path, config: dict) -> dict[str, int]:
-    """What `snakemake -n` would run for ``config``, as {rule: count}."""
-    path = workdir / "changed.yaml"
-    path.write_text(yaml.safe_dump(config))
-    out = snakemake(workdir, "--configfile", str(path), "-n").stdout
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:")[1].split("total")[0]
-    rows = [line.split() for line in table.splitlines()[3:] if line.strip()]
-    return {rule: int(count) for rule, count in rows}
-
-
-@pytest.mark.parametrize(
-    "section, key, value, rule",
-    [("mfcc", "lifter", 0, "extract_mfcc"), ("vggish", "final_relu", False, "extract_vggish"),
-     ("iresnet50", "batch_size", 8, "extract_iresnet50")],
-)
-def test_changed_feature_parameter_reruns_only_that_feature(demo_run, section, key, value, rule):
-    """That extractor's jobs and what depends on them; no other extractor, no media job."""
-    results, config = demo_run
-    changed = json.loads(json.dumps(config))
-    changed["features"][section][key] = value
-    n = len(list((results / "features" / section).glob("*.h5")))
-    n_models = len(config["learning"]["models"])
-    assert planned_jobs(results.parent, changed) == {
-        rule: n, "align_trial": len(list((results / "aligned").glob("*.h5"))),
-        "train_model": n_models * config["learning"]["n_folds"], "predict_test": n_models, "report": 1, "all": 1}
 
 
 def test_learning_outputs_and_reports(demo_run):
@@ -249,15 +157,6 @@ def test_learning_outputs_and_reports(demo_run):
             assert np.abs(values).max() <= 1.0
         metrics = json.loads((results / "models" / model / "fold0" / "metrics.json").read_text())
         assert set(metrics["missing_audio"]) == {"0", "0.1", "0.2", "0.4", "0.6", "0.8"}
-
-
-def test_changed_training_parameter_reruns_training_and_what_follows(demo_run):
-    results, config = demo_run
-    changed = json.loads(json.dumps(config))
-    changed["learning"]["train"]["lr"] = 0.002
-    n = len(config["learning"]["models"])
-    assert planned_jobs(results.parent, changed) == {
-        "train_model": n * config["learning"]["n_folds"], "predict_test": n, "report": 1, "all": 1}
 
 
 def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
