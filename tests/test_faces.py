@@ -1,5 +1,6 @@
 """Face alignment: the similarity fit, the landmark warp on a real face, gap filling."""
 
+import av
 import cv2
 import h5py
 import numpy as np
@@ -56,6 +57,20 @@ def test_known_face_lands_its_eyes_on_the_template(angle_deg, scale):
     landed = apply(alignment_matrix(chosen.keypoints), eyes)
     error = np.linalg.norm(landed - ARCFACE_TEMPLATE[:2], axis=1)
     assert error.max() < 3.0, f"eyes land {landed.round(2).tolist()}, error {error.round(2).tolist()} px"
+
+
+def test_detection_on_decoder_buffers_equals_detection_on_copies():
+    """PyAV hands out frames as views into its padded planes, and dlib misreads those (a
+    SLURM run and a local run once differed by it), so the detector must work on a copy."""
+    detector = FaceDetector()
+    n = 0
+    with av.open(str(GRID / "bbaf2n.mpg")) as container:
+        for frame in container.decode(video=0):
+            view = frame.to_ndarray(format="rgb24")
+            on_view = [(f.box, f.keypoints.tolist()) for f in detector.detect(view)]
+            assert on_view == [(f.box, f.keypoints.tolist()) for f in detector.detect(view.copy())], frame.index
+            n += not view.flags["C_CONTIGUOUS"]
+    assert n, "the clip's frames should come with padded rows"
 
 
 def face(x0, width=50):

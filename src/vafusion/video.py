@@ -97,7 +97,9 @@ def iter_frames(path: str | Path) -> Iterator[Frame]:
     frames its container declares (a truncated download or copy).
     """
     for index, time, frame in _decode(Path(path)):
-        yield Frame(index=index, time=time, rgb=frame.to_ndarray(format="rgb24"))
+        # PyAV returns a view with padded rows; dlib ignores the strides and reads the
+        # padding bytes (garbage), which made detections differ from run to run.
+        yield Frame(index=index, time=time, rgb=np.ascontiguousarray(frame.to_ndarray(format="rgb24")))
 
 
 def frame_times(path: str | Path) -> list[float]:
