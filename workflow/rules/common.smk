@@ -103,6 +103,11 @@ def model_hparams(wildcards):
     return config["learning"][section]
 
 
+def training_mem_mb(wildcards, input):
+    """Every aligned trial is held in memory, with float64 copies while normalising."""
+    return max(4000, int(4 * input.size_mb) + 2000)
+
+
 RUN_OUTPUTS = ("model.pt", "metrics.json", "history.csv", "val_predictions.h5")
 
 

@@ -60,7 +60,7 @@ rule train_model:
         fold="[0-9]+",
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=training_mem_mb,
         runtime=240,
         gpu=GPU_TRAIN,
     conda:

@@ -4,10 +4,14 @@ import sys
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 
 from vafusion.audio import read_audio_meta
+from vafusion.devices import job_device
 from vafusion.features.vggish import VggishParams, extract_vggish
 from vafusion.jobs import job_logging
 
-with job_logging(snakemake.log[0], f"extract_vggish {snakemake.wildcards.video}"):
+with (
+    job_logging(snakemake.log[0], f"extract_vggish {snakemake.wildcards.video}"),
+    job_device(snakemake.params.device) as device,
+):
     extract_vggish(
         snakemake.input.wav,
         read_audio_meta(snakemake.input.meta),
@@ -15,7 +19,7 @@ with job_logging(snakemake.log[0], f"extract_vggish {snakemake.wildcards.video}"
         VggishParams(**snakemake.params.vggish),
         weights=snakemake.input.weights[0] if snakemake.input.weights else None,
         pca_weights=snakemake.input.pca_weights[0] if snakemake.input.pca_weights else None,
-        device=snakemake.params.device,
+        device=device,
         threads=snakemake.threads,
         seed=snakemake.params.seed,
     )

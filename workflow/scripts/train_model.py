@@ -5,10 +5,14 @@ from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 
+from vafusion.devices import job_device
 from vafusion.jobs import job_logging
 from vafusion.learning.train import TrainConfig, train_fold
 
-with job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} fold {snakemake.wildcards.fold}"):
+with (
+    job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} fold {snakemake.wildcards.fold}"),
+    job_device(snakemake.params.device) as device,
+):
     folds = json.loads(Path(snakemake.input.folds).read_text())
     fold = folds["folds"][int(snakemake.wildcards.fold)]
     aligned = {Path(p).stem: Path(p) for p in snakemake.input.aligned}
@@ -19,6 +23,6 @@ with job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} fol
         aligned,
         Path(snakemake.output.model).parent,
         TrainConfig.from_dict(snakemake.params.train),
-        device=snakemake.params.device,
+        device=device,
         threads=snakemake.threads,
     )

@@ -1,6 +1,5 @@
-"""What the three feature extractors share: the HDF5 layout with provenance, the device
-choice, reading audio segments, and a background prefetcher that overlaps input
-preparation with compute."""
+"""What the three feature extractors share: the HDF5 layout with provenance, reading audio
+segments, and a background prefetcher that overlaps input preparation with compute."""
 
 from __future__ import annotations
 
@@ -22,16 +21,6 @@ from vafusion.io import atomic_output
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 TIME_CHUNK = 256  # HDF5 chunk along time: windows of a few hundred frames read few chunks
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' -> the GPU when there is one, else the CPU; 'cpu'/'cuda'/'cuda:N' as given."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{requested}' was requested but no CUDA GPU is available")
-    return device
 
 
 def set_cpu_threads(threads: int) -> None:

@@ -15,7 +15,8 @@ import h5py
 import numpy as np
 import torch
 
-from vafusion.features.common import FeatureFile, map_blocks, provenance, resolve_device, set_cpu_threads
+from vafusion.devices import resolve_device
+from vafusion.features.common import FeatureFile, map_blocks, provenance, set_cpu_threads
 from vafusion.models.iresnet import iresnet50, normalize_faces
 from vafusion.weights import load_weights
 

@@ -21,7 +21,8 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from vafusion.features.common import FeatureFile, map_blocks, provenance, read_audio_segment, resolve_device, set_cpu_threads
+from vafusion.devices import resolve_device
+from vafusion.features.common import FeatureFile, map_blocks, provenance, read_audio_segment, set_cpu_threads
 from vafusion.models.vggish import EMBEDDING_SIZE, VGGish, VGGishPCA
 from vafusion.weights import load_weights, read_state_dict, sha256sum
 

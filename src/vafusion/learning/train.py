@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 import torch
 
-from vafusion.features.common import resolve_device
+from vafusion.devices import resolve_device
 from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc, ccc_loss
 from vafusion.learning.data import Normalizer, TrialData, load_trial, make_batch, stream_dims, window_starts
