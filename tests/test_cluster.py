@@ -1,0 +1,163 @@
+"""The workflow on a real single-node SLURM cluster, through `--profile profiles/slurm`.
+
+SLURM (Debian's slurm-wlm + munge) is installed when missing and started for this module
+only; the test is skipped, with the reason, only where that cannot be done (no root, no
+apt, or a machine with its own SLURM setup). The cluster run uses a 6-trial subset of the
+demo (every kind of trial: two-person video, .avi, detected faces, no audio track) so the
+DAG stays small: every level costs several seconds of status polling.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from conftest import snakemake, write_config
+from slurm_cluster import GRES_CONF, SLURM_CONF, SlurmCluster, SlurmUnavailable
+from vafusion.dataset import discover
+
+pytestmark = pytest.mark.e2e
+
+SUBSET = {
+    "train": ["duo_sbia1a_sbwe5n_left", "duo_sbia1a_sbwe5n_right", "grid_lbbc2a", "grid_pwij3p"],
+    "validation": ["grid_swwp2s"],
+    "test": ["grid_brbk7n_silent"],
+}
+NETWORK_RULES = ("extract_vggish", "extract_iresnet50", "train_model", "predict_test")
+
+
+def make_subset(demo: Path, target: Path) -> Path:
+    """A copy of the demo dataset restricted to ``SUBSET`` (same layout, same files)."""
+    ds = discover({"videos": str(demo / "videos"),
+                   "annotations": {p: str(demo / "annotations" / p) for p in ("train", "validation")},
+                   "cropped_aligned": str(demo / "cropped_aligned"), "test_trials": str(demo / "test_trials.txt")})
+    for partition in ("train", "validation"):
+        (target / "annotations" / partition).mkdir(parents=True)
+    (target / "cropped_aligned").mkdir()
+    for trial_name in sum(SUBSET.values(), []):
+        trial = ds.trials[trial_name]
+        video = ds.videos[trial.video]
+        copy = target / video.relative_to(demo)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(video, copy)
+        if trial.annotation is not None:
+            shutil.copyfile(trial.annotation, target / "annotations" / trial.partition / trial.annotation.name)
+        if trial.cropped_aligned is not None:
+            shutil.copytree(trial.cropped_aligned, target / "cropped_aligned" / trial_name)
+    (target / "test_trials.txt").write_text("\n".join(SUBSET["test"]) + "\n")
+    return target
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    slurm = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        slurm.start()
+    except SlurmUnavailable as err:
+        slurm.stop()
+        pytest.skip(f"no SLURM cluster on this machine: {err}")
+    except BaseException:
+        slurm.stop()
+        raise
+    yield slurm
+    slurm.stop()
+
+
+def output_files(results: Path) -> list[Path]:
+    return sorted(p.relative_to(results) for p in results.rglob("*")
+                  if p.is_file() and "logs" not in p.parts)
+
+
+TIMING = {"seconds", "windows_per_s"}
+
+
+def without_timing_columns(history: Path) -> list[list[str]]:
+    rows = [line.split(",") for line in history.read_text().splitlines()]
+    keep = [i for i, name in enumerate(rows[0]) if name not in TIMING]
+    return [[row[i] for i in keep] for row in rows]
+
+
+def h5_arrays(path: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with h5py.File(path) as h5:
+        h5.visititems(lambda name, obj: arrays.update({name: obj[()]}) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+def assert_same_h5(a: Path, b: Path) -> None:
+    ours, theirs = h5_arrays(a), h5_arrays(b)
+    assert sorted(ours) == sorted(theirs), a
+    for key, value in ours.items():
+        np.testing.assert_array_equal(value, theirs[key], err_msg=f"{a}:{key}")
+
+
+def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_path):
+    dataset = make_subset(demo_dataset, tmp_path / "subset")
+    learning = {"models": ["ca"], "n_folds": 2}
+    runs = {}
+    for name in ("local", "slurm"):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        config_path = write_config(workdir, dataset)
+        config = yaml.safe_load(config_path.read_text())
+        config["learning"].update(learning)
+        config["learning"]["train"]["max_epochs"] = 2
+        config_path.write_text(yaml.safe_dump(config))
+        runs[name] = (workdir, config_path)
+
+    start = time.monotonic()
+    snakemake(runs["local"][0], "--configfile", str(runs["local"][1]), "--cores", "2")
+    local_s = time.monotonic() - start
+
+    start = time.monotonic()
+    proc = snakemake(runs["slurm"][0], "--configfile", str(runs["slurm"][1]), "--profile", "profiles/slurm",
+                     "--slurm-init-seconds-before-status-checks", "5", "--slurm-keep-successful-logs")
+    slurm_s = time.monotonic() - start
+    output = proc.stdout + proc.stderr
+    print(f"local run {local_s:.0f} s, SLURM run {slurm_s:.0f} s")
+
+    # every job except the final target went through sbatch, and slurmctld knows each id
+    submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", output))
+    planned = int(re.search(r"^total\s+(\d+)", output, re.M).group(1))
+    assert len(submitted) == planned - 1 and len(set(submitted.values())) == planned - 1
+    assert set(submitted.values()) <= cluster.job_ids()
+    slurm_logs = list((runs["slurm"][0] / ".snakemake" / "slurm_logs").rglob("*.log"))
+    assert {p.stem for p in slurm_logs} == set(submitted.values())
+
+    # GPU rules asked for a GPU and got one of the (fake) GPUs; the others got none
+    results = runs["slurm"][0] / "results"
+    for log in (results / "logs").rglob("*.log"):
+        visible = re.search(r"CUDA_VISIBLE_DEVICES=(\S*)", log.read_text())
+        rule = log.parent.name if log.parent.name != "logs" else log.stem
+        if rule in NETWORK_RULES:
+            assert visible and visible.group(1) in {"0", "1"}, log
+        elif visible:
+            assert visible.group(1) in {"", "unset"}, log
+
+    # same outputs as the local run, same numbers (wall-clock figures aside)
+    local = runs["local"][0] / "results"
+    assert output_files(results) == output_files(local)
+    for rel in output_files(results):
+        ours, theirs = results / rel, local / rel
+        if rel.suffix == ".h5":
+            assert_same_h5(ours, theirs)
+        elif rel.name == "history.csv":
+            assert without_timing_columns(ours) == without_timing_columns(theirs), rel
+        elif rel.name == "metrics.json":
+            a, b = (json.loads(p.read_text()) for p in (ours, theirs))
+            assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
+        elif rel.suffix in (".txt", ".csv", ".json"):
+            assert ours.read_text() == theirs.read_text(), rel
+
+    daemons = list(cluster.procs)
+    cluster.stop()
+    assert len(daemons) == 3 and all(p.poll() is not None for p in daemons)
+    assert not SLURM_CONF.exists() and not GRES_CONF.exists()
