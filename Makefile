@@ -29,6 +29,7 @@ clean:
 	rm -rf results .snakemake
 
 bench: setup
+	$(VENV)/bin/python benchmarks/bench_planning.py
 	$(VENV)/bin/python benchmarks/bench_features.py
 
 bench-learning: demo

@@ -134,13 +134,16 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
 
     # GPU rules asked for a GPU and got one of the (fake) GPUs; the others got none
     results = runs["slurm"][0] / "results"
+    gpu_rules_seen = set()
     for log in (results / "logs").rglob("*.log"):
         visible = re.search(r"CUDA_VISIBLE_DEVICES=(\S*)", log.read_text())
         rule = log.parent.name if log.parent.name != "logs" else log.stem
         if rule in NETWORK_RULES:
             assert visible and visible.group(1) in {"0", "1"}, log
+            gpu_rules_seen.add(rule)
         elif visible:
             assert visible.group(1) in {"", "unset"}, log
+    assert gpu_rules_seen == set(NETWORK_RULES)
 
     # same outputs as the local run, same numbers (wall-clock figures aside)
     local = runs["local"][0] / "results"
