@@ -109,6 +109,8 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
             self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **kwargs))
 
     def start(self, timeout: float = 60) -> None:
+        if os.geteuid() != 0:
+            raise SlurmUnavailable("starting SLURM daemons and writing /etc/slurm/slurm.conf needs root")
         ensure_installed()
         self._write_config()
         # munged runs as user munge, with its socket folder owned by it
