@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import jobs_of, planned_jobs
+from conftest import REPO, jobs_of, planned_jobs, snakemake
 from vafusion.dataset import discover
 
 pytestmark = pytest.mark.e2e
@@ -125,3 +126,22 @@ def test_changed_feature_parameter_reruns_that_feature_and_what_follows(demo_run
     extractor = jobs_of(rule, "video", ds.used_videos) if per_video else jobs_of(rule, "trial", ds.trials)
     assert planned_jobs(results.parent, changed) == (
         extractor | jobs_of("align_trial", "trial", ds.trials) | learning_jobs(config))
+
+
+def test_changed_script_reruns_its_rule_and_what_follows(demo_run):
+    """Snakemake tracks a rule's script (not the package it calls) by modification time."""
+    results, config = demo_run
+    ds = discover(config["data"])
+    script = REPO / "workflow" / "scripts" / "extract_mfcc.py"
+    before = script.stat()
+    try:
+        os.utime(script)  # now: newer than every MFCC file
+        assert planned_jobs(results.parent, config) == (
+            jobs_of("extract_mfcc", "video", ds.used_videos) | jobs_of("align_trial", "trial", ds.trials)
+            | learning_jobs(config))
+        listed = snakemake(results.parent, "--configfile", str(results.parent / "config.yaml"),
+                           "--list-changes", "code").stdout.split()
+        assert set(listed) == {f"results/features/mfcc/{video}.h5" for video in ds.used_videos}
+    finally:
+        os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert planned_jobs(results.parent, config) == set()
