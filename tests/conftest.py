@@ -80,13 +80,10 @@ def write_config(workdir: Path, dataset: Path, output: str = "results", **change
 _JOB = re.compile(r"^(?:local)?rule (\w+):$")
 
 
-def planned_jobs(workdir: Path, config: dict | Path) -> set[str]:
-    """The jobs `snakemake -n` plans, as "rule[wildcards]" (or "rule" without wildcards)."""
-    if isinstance(config, dict):
-        path = workdir / "changed.yaml"
-        path.write_text(yaml.safe_dump(config))
-    else:
-        path = config
+def planned_jobs(workdir: Path, config: dict) -> set[str]:
+    """The jobs `snakemake -n` plans for ``config``, as "rule[wildcards]" (or "rule")."""
+    path = workdir / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
     proc = snakemake(workdir, "--configfile", str(path), "-n")
     jobs, rule, wildcards = set(), None, ""
     for line in (proc.stdout + proc.stderr).splitlines() + [""]:
@@ -100,10 +97,8 @@ def planned_jobs(workdir: Path, config: dict | Path) -> set[str]:
     return jobs
 
 
-def jobs_of(rule: str, key: str | None = None, values=()) -> set[str]:
-    """The planned-job names of ``rule`` for each wildcard value (or the rule alone)."""
-    if key is None:
-        return {rule}
+def jobs_of(rule: str, key: str, values) -> set[str]:
+    """The planned-job names of ``rule`` for each value of its wildcard ``key``."""
     return {f"{rule}[{key}={value}]" for value in values}
 
 

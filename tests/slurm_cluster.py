@@ -55,7 +55,6 @@ class SlurmCluster:
         self.root = root
         self.node = socket.gethostname()
         self.procs: list[subprocess.Popen] = []
-        self._saved_gres: str | None = None
 
     def _write_config(self) -> None:
         for path in (SLURM_CONF, GRES_CONF):

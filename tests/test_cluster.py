@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import snakemake, write_config
+from conftest import data_section, snakemake, write_config
 from slurm_cluster import GRES_CONF, SLURM_CONF, SlurmCluster, SlurmUnavailable
 from vafusion.dataset import discover
 
@@ -36,9 +36,7 @@ NETWORK_RULES = ("extract_vggish", "extract_iresnet50", "train_model", "predict_
 
 def make_subset(demo: Path, target: Path) -> Path:
     """A copy of the demo dataset restricted to ``SUBSET`` (same layout, same files)."""
-    ds = discover({"videos": str(demo / "videos"),
-                   "annotations": {p: str(demo / "annotations" / p) for p in ("train", "validation")},
-                   "cropped_aligned": str(demo / "cropped_aligned"), "test_trials": str(demo / "test_trials.txt")})
+    ds = discover(data_section(demo))
     for partition in ("train", "validation"):
         (target / "annotations" / partition).mkdir(parents=True)
     (target / "cropped_aligned").mkdir()
@@ -101,15 +99,15 @@ def assert_same_h5(a: Path, b: Path) -> None:
 
 def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_path):
     dataset = make_subset(demo_dataset, tmp_path / "subset")
-    learning = {"models": ["ca"], "n_folds": 2}
+    # one model, two folds, two epochs: the same config for both runs
+    config = yaml.safe_load(write_config(tmp_path, dataset).read_text())
+    config["learning"].update(models=["ca"], n_folds=2)
+    config["learning"]["train"]["max_epochs"] = 2
     runs = {}
     for name in ("local", "slurm"):
         workdir = tmp_path / name
         workdir.mkdir()
-        config_path = write_config(workdir, dataset)
-        config = yaml.safe_load(config_path.read_text())
-        config["learning"].update(learning)
-        config["learning"]["train"]["max_epochs"] = 2
+        config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
         runs[name] = (workdir, config_path)
 
