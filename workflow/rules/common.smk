@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vafusion.dataset import DatasetError, discover
+from vafusion.models import config_section
 
 
 OUT = config["output"]
@@ -99,8 +100,7 @@ def aligned_inputs(wildcards):
 
 
 def model_hparams(wildcards):
-    section = "tcn_transformer" if wildcards.model == "tcn_transformer" else "cross_attention"
-    return config["learning"][section]
+    return config["learning"][config_section(wildcards.model)]
 
 
 def training_mem_mb(wildcards, input):

@@ -69,3 +69,28 @@ rule extract_iresnet50:
         "../../envs/features.yaml"
     script:
         "../scripts/extract_iresnet50.py"
+
+
+rule silence_features:
+    # What MFCC and VGGish give for all-zero audio: the missing-audio experiment's input.
+    input:
+        weights=weights_input("vggish"),
+        pca_weights=weights_input("vggish_pca") if config["features"]["vggish"]["pca"] else [],
+    output:
+        features=f"{OUT}/features/silence.h5",
+    params:
+        mfcc={**config["features"]["mfcc"], "sample_rate": config["media"]["sample_rate"]},
+        vggish=config["features"]["vggish"],
+        device=config["features"]["device"],
+        seed=config["features"]["random_init_seed"],
+    log:
+        f"{OUT}/logs/silence_features.log",
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+        gpu=GPU_JOB,
+    conda:
+        "../../envs/features.yaml"
+    script:
+        "../scripts/silence_features.py"

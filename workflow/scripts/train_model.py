@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 
 from vafusion.devices import job_device
+from vafusion.features.silence import read_silence
 from vafusion.jobs import job_logging
 from vafusion.learning.train import TrainConfig, train_fold
 
@@ -23,6 +24,7 @@ with (
         aligned,
         Path(snakemake.output.model).parent,
         TrainConfig.from_dict(snakemake.params.train),
+        silence=read_silence(snakemake.input.silence),
         device=device,
         threads=snakemake.threads,
     )

@@ -72,16 +72,7 @@ def summary_markdown(rows: list[dict]) -> str:
             for c in COLUMNS[2:]:
                 a, b = means[base][c][0], means[gated][c][0]
                 lines.append(f"| {base} | {c.removeprefix('ccc_')} | {_fmt(a)} | {_fmt(b)} | {b - a:+.3f} |")
-    robust = [r for r in rows if r.get("missing_audio")]
-    if robust:
-        shares = list(robust[0]["missing_audio"])
-        lines += ["", "## Mean CCC with a share of the audio frames missing (zeroed) at test time", "",
-                  "| model | " + " | ".join(f"{float(s) * 100:.0f} %" for s in shares) + " |",
-                  "|---|" + "---|" * len(shares)]
-        for m in models:
-            mine = [r for r in robust if r["model"] == m]
-            cells = [_fmt(_stats([r["missing_audio"][s]["ccc_mean"] for r in mine])[0]) for s in shares]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += missing_audio_markdown(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -146,18 +137,62 @@ def plot_training_curves(histories: dict[tuple[str, int], list[dict]]) -> str:
     return _png(fig)
 
 
-def plot_robustness(rows: list[dict]) -> str:
-    models = sorted({r["model"] for r in rows if r.get("missing_audio")})
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for m in models:
-        mine = [r for r in rows if r["model"] == m]
-        shares = list(mine[0]["missing_audio"])
-        values = [_stats([r["missing_audio"][s]["ccc_mean"] for r in mine])[0] for s in shares]
-        ax.plot([float(s) * 100 for s in shares], values, marker="o", label=m)
-    ax.set_xlabel("audio frames missing at test time (%)")
-    ax.set_ylabel("mean CCC over folds")
-    ax.set_title("missing-audio robustness")
-    ax.legend(fontsize=7)
+MISSING_SCOPES = (("all_trials", "all validation trials"), ("longest_trial", "longest validation trial"))
+
+
+def missing_audio_patterns(rows: list[dict]) -> list[str]:
+    return [p for p in ("contiguous", "scattered") if any(p in r.get("missing_audio", {}) for r in rows)]
+
+
+def missing_audio_curve(rows: list[dict], model: str, pattern: str, scope: str,
+                        target: str) -> tuple[list[float], list[float]]:
+    """(shares, CCC of ``target`` averaged over the model's folds) for one pattern and scope."""
+    mine = [r["missing_audio"][pattern][scope] for r in rows
+            if r["model"] == model and pattern in r.get("missing_audio", {})]
+    shares = list(mine[0]) if mine else []
+    return [float(s) for s in shares], [_stats([m[s][f"ccc_{target}"] for m in mine])[0] for s in shares]
+
+
+def missing_audio_markdown(rows: list[dict]) -> list[str]:
+    """Praveen & Alam's missing-audio test: CCC per target, mean over folds."""
+    lines = []
+    models = sorted({r["model"] for r in rows})
+    for pattern in missing_audio_patterns(rows):
+        for scope, scope_name in MISSING_SCOPES:
+            shares = missing_audio_curve(rows, models[0], pattern, scope, "valence")[0]
+            lines += ["", f"## Missing audio ({pattern} frames replaced by silence), {scope_name}: "
+                          "CCC valence / arousal, mean over folds", "",
+                      "| model | " + " | ".join(f"{s * 100:.0f} %" for s in shares) + " |",
+                      "|---|" + "---|" * len(shares)]
+            for m in models:
+                curves = [missing_audio_curve(rows, m, pattern, scope, t)[1] for t in TARGETS]
+                cells = [f"{_fmt(v)} / {_fmt(a)}" for v, a in zip(*curves)]
+                lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_missing_audio(rows: list[dict], pattern: str) -> str:
+    """CCC per target against the share of silenced audio frames, over all validation
+    trials (top) and the longest one (bottom, the paper's one-video variant); the paper's
+    comparison, RJCA against RJCA + IACA, in bold."""
+    models = sorted({r["model"] for r in rows if pattern in r.get("missing_audio", {})})
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
+    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    for row, (scope, scope_name) in enumerate(MISSING_SCOPES):
+        for col, target in enumerate(TARGETS):
+            ax = axes[row, col]
+            for m in models:
+                shares, values = missing_audio_curve(rows, m, pattern, scope, target)
+                paper = m in ("rjca", "rjca_iaca")
+                ax.plot([s * 100 for s in shares], values, marker="o", color=colors[m], label=m,
+                        linewidth=2.5 if paper else 1.0, alpha=1.0 if paper else 0.6)
+            ax.set_title(f"{target}, {scope_name}", fontsize=10)
+            ax.set_ylabel("CCC (mean over folds)")
+            ax.axhline(0, color="black", linewidth=0.5)
+    for ax in axes[1]:
+        ax.set_xlabel(f"audio frames replaced by silence ({pattern}), %")
+    axes[0, 1].legend(fontsize=7)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -180,8 +215,8 @@ def write_reports(metrics_files: list[str | Path], history_files: list[str | Pat
         (f"Predicted vs annotated, {best['model']} fold {best['fold']} (best run)",
          plot_traces(by_run[(best["model"], best["fold"])][1], f"{best['model']}, fold {best['fold']}")),
         ("Training curves", plot_training_curves({k: v[0] for k, v in by_run.items()})),
-        ("Missing-audio robustness", plot_robustness(rows)),
-    ]
+    ] + [(f"Missing audio, {pattern} frames: RJCA vs RJCA + IACA (Praveen & Alam, Fig. 3)",
+          plot_missing_audio(rows, pattern)) for pattern in missing_audio_patterns(rows)]
     body = [f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>" for title, data in figures]
     table = "<pre>" + html.escape(markdown) + "</pre>"
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>vafusion report</title>"

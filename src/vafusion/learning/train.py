@@ -3,12 +3,12 @@
 - Windows of ``window`` frames every ``hop`` (the last flush with the trial's end); short
   trials are padded and the padding masked.
 - Loss 2 - CCC_valence - CCC_arousal over the batch's valid frames.
-- AdamW, linear warm-up then cosine decay of the learning rate (per epoch), early stopping
+- Adam or AdamW (``optimizer``), linear warm-up then cosine decay of the learning rate (per epoch), early stopping
   on the mean validation CCC; bf16 autocast on CUDA; seeded and deterministic on the CPU.
 - A checkpoint after every epoch (``last.pt``) lets an interrupted training resume where
   it stopped; it is only reused when the model, settings, fold and input files are the
   same, and removed once the training has finished.
-- Validation: overlapping windows averaged per frame, optional moving-average smoothing,
+- Validation: overlapping windows averaged per frame, the model's moving-average smoothing,
   CCC per target over all valid frames of the fold's validation trials concatenated.
 """
 
@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,55 +37,93 @@ from vafusion.models import build_fusion_model
 
 log = logging.getLogger(__name__)
 AUDIO_STREAMS = ("vggish", "mfcc")
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+@dataclass(frozen=True)
+class MissingAudio:
+    """Praveen & Alam's missing-audio test: a share of the audio frames replaced by silence."""
+
+    shares: tuple[float, ...]
+    patterns: tuple[str, ...]  # "contiguous" (one segment per trial) and/or "scattered" frames
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    window: int = 300
-    hop: int = 200
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    max_epochs: int = 40
-    warmup_epochs: int = 2
-    patience: int = 10
-    seed: int = 0
-    smoothing: int = 0  # moving-average window in frames applied to predictions (0: off)
-    missing_audio: tuple[float, ...] = (0.0, 0.1, 0.2, 0.4, 0.6, 0.8)
+    """``learning.train`` of config.yaml (the defaults live there and in the schema only)."""
+
+    window: int  # frames per training window
+    hop: int  # frames between window starts (the last window ends flush)
+    batch_size: int
+    optimizer: str  # "adam" or "adamw"
+    lr: float
+    weight_decay: float
+    max_epochs: int
+    warmup_epochs: int
+    patience: int
+    seed: int
+    missing_audio: MissingAudio
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        values = dict(values)
+        missing = values.pop("missing_audio")
+        if not isinstance(missing, MissingAudio):
+            missing = MissingAudio(tuple(missing["shares"]), tuple(missing["patterns"]))
+        return cls(**values, missing_audio=missing)
 
 
 # --- prediction ------------------------------------------------------------------------------
 
 def smooth(prediction: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average over ``window`` frames (edges use the frames available)."""
+    """Centred moving average: frame t averages frames t - window//2 .. t + (window-1)//2
+    that exist (fewer at the edges; a window longer than the trial averages all of it)."""
     if window <= 1:
         return prediction
-    kernel = np.ones(window)
-    counts = np.convolve(np.ones(len(prediction)), kernel, mode="same")
-    return np.stack([np.convolve(prediction[:, j], kernel, mode="same") / counts
-                     for j in range(prediction.shape[1])], axis=1)
+    n = len(prediction)
+    csum = np.concatenate([np.zeros((1, prediction.shape[1])), np.cumsum(prediction, axis=0, dtype=np.float64)])
+    t = np.arange(n)
+    lo = np.clip(t - window // 2, 0, n)
+    hi = np.clip(t + (window - 1) // 2 + 1, 0, n)
+    return ((csum[hi] - csum[lo]) / (hi - lo)[:, None]).astype(prediction.dtype)
 
 
-def drop_audio(trial: TrialData, share: float, rng: np.random.Generator) -> TrialData:
-    """Zero (after normalisation: the training mean) a random ``share`` of the audio frames."""
-    if share <= 0:
-        return trial
-    missing = rng.random(trial.length) < share
+PATTERNS = ("contiguous", "scattered")
+
+
+def missing_frames(trial: TrialData, share: float, pattern: str, seed: int) -> np.ndarray:
+    """(T,) bool: the audio frames to drop, round(share * T) of them; the same frames for
+    every model (seeded by trial name, share and pattern), so models are compared on one draw."""
+    n = int(round(share * trial.length))
+    rng = np.random.default_rng([seed, zlib.crc32(trial.name.encode()), int(round(share * 1e6)),
+                                 PATTERNS.index(pattern)])
+    dropped = np.zeros(trial.length, bool)
+    if n == 0:
+        return dropped
+    if pattern == "contiguous":
+        start = int(rng.integers(0, trial.length - n + 1))
+        dropped[start:start + n] = True
+    else:
+        dropped[rng.choice(trial.length, size=n, replace=False)] = True
+    return dropped
+
+
+def drop_audio(trial: TrialData, dropped: np.ndarray, silence: dict[str, np.ndarray]) -> TrialData:
+    """The trial (raw, before normalisation) with the audio features of the ``dropped``
+    frames replaced by those of silence."""
     streams = dict(trial.streams)
     for s in AUDIO_STREAMS:
         x = streams[s].copy()
-        x[missing] = 0.0
+        x[dropped] = silence[s]
         streams[s] = x
     return TrialData(trial.name, streams, trial.labels, trial.valid)
 
 
 @torch.inference_mode()
-def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, device: torch.device) -> np.ndarray:
-    """(T, 2) predictions: every overlapping window's output averaged per frame."""
+def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, device: torch.device,
+                  smoothing: int = 0) -> np.ndarray:
+    """(T, 2) predictions: every overlapping window's output averaged per frame, then
+    smoothed over ``smoothing`` frames (0: not)."""
     model.eval()
     total = np.zeros((trial.length, 2), np.float64)
     count = np.zeros((trial.length, 1), np.float64)
@@ -98,7 +137,7 @@ def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, de
             n = min(cfg.window, trial.length - start)
             total[start:start + n] += out[j, :n]
             count[start:start + n] += 1
-    return smooth(total / count, cfg.smoothing).astype(np.float32)
+    return smooth(total / count, smoothing).astype(np.float32)
 
 
 def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData]) -> dict[str, float]:
@@ -114,9 +153,29 @@ def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData]) -> dic
     return scores
 
 
-def evaluate(model, trials: list[TrialData], cfg: TrainConfig, device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    predictions = {t.name: predict_trial(model, t, cfg, device) for t in trials}
+def evaluate(model, trials: list[TrialData], cfg: TrainConfig, device,
+             smoothing: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    predictions = {t.name: predict_trial(model, t, cfg, device, smoothing) for t in trials}
     return fold_ccc(predictions, trials), predictions
+
+
+def missing_audio_scores(model, raw_val: list[TrialData], normalizer: Normalizer, silence: dict[str, np.ndarray],
+                         cfg: TrainConfig, device, smoothing: int) -> dict:
+    """Validation CCC with a share of the audio frames silenced, per pattern, over all
+    validation trials and over the longest one alone (the paper's one-video variant)."""
+    longest = max(raw_val, key=lambda t: t.length, default=None)
+    results: dict = {"longest_trial": longest.name if longest else None}
+    for pattern in cfg.missing_audio.patterns:
+        results[pattern] = {"all_trials": {}, "longest_trial": {}}
+        for share in cfg.missing_audio.shares:
+            dropped = [normalizer.apply(drop_audio(t, missing_frames(t, share, pattern, cfg.seed), silence))
+                       for t in raw_val]
+            scores, predictions = evaluate(model, dropped, cfg, device, smoothing)
+            results[pattern]["all_trials"][f"{share:g}"] = scores
+            if longest is not None:
+                one = [t for t in dropped if t.name == longest.name]
+                results[pattern]["longest_trial"][f"{share:g}"] = fold_ccc(predictions, one)
+    return results
 
 
 # --- training --------------------------------------------------------------------------------
@@ -146,10 +205,14 @@ class TrainState:
 
 
 def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Path], out_dir: str | Path,
-               cfg: TrainConfig, device: str = "auto", threads: int = 1,
-               stop_after_epochs: int | None = None) -> dict:
+               cfg: TrainConfig, *, silence: dict[str, np.ndarray] | None = None, device: str = "auto",
+               threads: int = 1, stop_after_epochs: int | None = None) -> dict:
     """Train ``model_name`` on ``fold`` ({"fold", "train", "validation"} trial lists), write
     model.pt, metrics.json, history.csv and val_predictions.h5 into ``out_dir``.
+
+    ``silence``: the audio features of silence (``vafusion.features.silence``), for the
+    missing-audio test; None skips it. ``hparams["smoothing"]`` (frames, 0: off) smooths
+    every prediction.
 
     ``stop_after_epochs`` interrupts the run after that many epochs in this call (the
     resume test uses it); the checkpoint then carries on in the next call.
@@ -164,12 +227,14 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     raw_train = [load_trial(paths[n]) for n in fold["train"]]
     normalizer = Normalizer.fit(raw_train)  # training trials only
     train = [normalizer.apply(t) for t in raw_train]
-    val = [normalizer.apply(load_trial(paths[n])) for n in fold["validation"]]
+    raw_val = [load_trial(paths[n]) for n in fold["validation"]]
+    val = [normalizer.apply(t) for t in raw_val]
     dims = stream_dims(train[0])
+    smoothing = int(hparams.get("smoothing", 0))
 
     torch.manual_seed(cfg.seed)
-    model = build_fusion_model(model_name, dims, hparams).to(dev)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = build_fusion_model(model_name, dims, hparams, window=cfg.window).to(dev)
+    optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
     rng = np.random.default_rng(cfg.seed)
     state = TrainState()
@@ -212,8 +277,9 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
             optimizer.step()
             losses.append(float(loss.detach()))
         train_seconds = time.perf_counter() - started
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
-        scores, _ = evaluate(model, val, cfg, dev)
+        scores, _ = evaluate(model, val, cfg, dev, smoothing)
         state.epoch += 1
         epochs_this_call += 1
         score = scores["ccc_mean"]
@@ -225,7 +291,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
             state.bad_epochs += 1
         state.history.append({"epoch": state.epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
                               **{f"val_{k}": v for k, v in scores.items()},
-                              "lr": optimizer.param_groups[0]["lr"], "seconds": train_seconds,
+                              "lr": lr, "seconds": train_seconds,
                               "windows_per_s": len(windows) / train_seconds if train_seconds > 0 else math.nan})
         log.info("%s fold %d epoch %d: loss %.4f, val CCC v %.3f a %.3f%s", model_name, fold["fold"], state.epoch,
                  state.history[-1]["train_loss"], scores["ccc_valence"], scores["ccc_arousal"], " *" if improved else "")
@@ -236,12 +302,9 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                         "torch_rng": torch.get_rng_state()}, tmp)
 
     model.load_state_dict(best_weights)
-    scores, predictions = evaluate(model, val, cfg, dev)
-    robustness = {}
-    for share in cfg.missing_audio:
-        drop_rng = np.random.default_rng(cfg.seed + 1)
-        dropped = [drop_audio(t, share, drop_rng) for t in val]
-        robustness[f"{share:g}"] = evaluate(model, dropped, cfg, dev)[0]
+    scores, predictions = evaluate(model, val, cfg, dev, smoothing)
+    robustness = {} if silence is None else missing_audio_scores(model, raw_val, normalizer, silence, cfg, dev,
+                                                                  smoothing)
     throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
     metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
                "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
@@ -276,11 +339,13 @@ def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, c
 
 # --- test predictions ------------------------------------------------------------------------
 
-def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Normalizer, TrainConfig]:
+def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Normalizer, TrainConfig, int]:
+    """(model, its normaliser, its training settings, its smoothing in frames)."""
     saved = torch.load(path, map_location=device, weights_only=False)
-    model = build_fusion_model(saved["model_name"], saved["dims"], saved["hparams"]).to(device)
+    cfg = TrainConfig.from_dict(saved["train_config"])
+    model = build_fusion_model(saved["model_name"], saved["dims"], saved["hparams"], window=cfg.window).to(device)
     model.load_state_dict(saved["state_dict"])
-    return model.eval(), Normalizer.from_state(saved["normalizer"]), TrainConfig.from_dict(saved["train_config"])
+    return model.eval(), Normalizer.from_state(saved["normalizer"]), cfg, int(saved["hparams"].get("smoothing", 0))
 
 
 def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path], out_dir: str | Path,
@@ -292,7 +357,8 @@ def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path],
     out_dir = Path(out_dir)
     for name, path in sorted(aligned.items()):
         trial = load_trial(path)
-        mean = np.mean([predict_trial(m, norm.apply(trial), cfg, dev) for m, norm, cfg in models], axis=0)
+        mean = np.mean([predict_trial(m, norm.apply(trial), cfg, dev, smoothing)
+                        for m, norm, cfg, smoothing in models], axis=0)
         with atomic_output(out_dir / f"{name}.txt") as tmp:
             lines = ["valence,arousal"] + [f"{v:.6f},{a:.6f}" for v, a in mean]
             tmp.write_text("\n".join(lines) + "\n")

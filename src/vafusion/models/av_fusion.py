@@ -1,7 +1,8 @@
 """The frame shared by the cross-attention family (CA, JCA, RJCA, TCA), with or without the
-IACA gate: the audio stream (VGGish + MFCC) and the visual stream (IResNet-50) are projected
-to a common width, cross-attended, fused (concatenation, or the IACA two-stage gate) and
-mapped per frame to valence and arousal."""
+IACA gate: the audio stream (VGGish + MFCC) and the visual stream (IResNet-50) are
+projected to a common width d, cross-attended, fused (concatenation, or the IACA two-stage
+gate), for RJCA passed through the joint BLSTM, and mapped per frame to valence and arousal.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch
 from torch import nn
 
 from vafusion.models.cross_attention import CrossAttention
-from vafusion.models.heads import FrameHead
+from vafusion.models.heads import MlpHead
 from vafusion.models.iaca import IacaGate
 from vafusion.models.joint_cross_attention import JointCrossAttention
 from vafusion.models.recursive_joint_cross_attention import RecursiveJointCrossAttention
+from vafusion.models.sequence import BiLstm
 from vafusion.models.transformer_cross_attention import TransformerCrossAttention
 
 AUDIO_STREAMS = ("vggish", "mfcc")
@@ -23,47 +25,63 @@ VISUAL_STREAMS = ("iresnet50",)
 
 @dataclass(frozen=True)
 class AvFusionConfig:
-    dim: int = 128
-    dropout: float = 0.2
-    head_hidden: int = 64
-    rjca_iterations: int = 2
-    tca_heads: int = 4
-    iaca_temperature: float = 0.1
+    """``learning.cross_attention`` of config.yaml (defaults live there only)."""
+
+    dim: int  # d: width of both modalities after their projection
+    jca_hidden: int  # k: rows of H_a, H_v in JCA / RJCA
+    rjca_iterations: int  # T: recursions of RJCA
+    rjca_fused_lstm: int  # width of RJCA's BLSTM over the fused representation
+    tca_heads: int
+    iaca_temperature: float  # T of IACA's softmax gates
+    dropout: float
+    head_hidden: int
 
 
-def build_attention(kind: str, cfg: AvFusionConfig) -> nn.Module:
+def build_attention(kind: str, cfg: AvFusionConfig, window: int) -> nn.Module:
     if kind == "ca":
         return CrossAttention(cfg.dim)
     if kind == "jca":
-        return JointCrossAttention(cfg.dim)
+        return JointCrossAttention(cfg.dim, cfg.dim, cfg.jca_hidden, window)
     if kind == "rjca":
-        return RecursiveJointCrossAttention(cfg.dim, cfg.rjca_iterations)
+        return RecursiveJointCrossAttention(cfg.dim, cfg.jca_hidden, window, cfg.rjca_iterations)
     if kind == "tca":
         return TransformerCrossAttention(cfg.dim, cfg.tca_heads, cfg.dropout)
     raise ValueError(f"unknown attention '{kind}'")
 
 
 class AudioVisualFusion(nn.Module):
-    def __init__(self, dims: dict[str, int], attention: str, iaca: bool, cfg: AvFusionConfig = AvFusionConfig()):
+    def __init__(self, dims: dict[str, int], attention: str, iaca: bool, cfg: AvFusionConfig, window: int):
         super().__init__()
         audio_dim = sum(dims[s] for s in AUDIO_STREAMS)
         visual_dim = sum(dims[s] for s in VISUAL_STREAMS)
-        self.project_audio = nn.Sequential(nn.Linear(audio_dim, cfg.dim), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.project_visual = nn.Sequential(nn.Linear(visual_dim, cfg.dim), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.attention = build_attention(attention, cfg)
+        # Our features are not the papers' (167-d audio, 512-d face embedding): a linear
+        # projection per modality brings both to d, as the reference code's encoders do.
+        self.project_audio = nn.Sequential(nn.Linear(audio_dim, cfg.dim), nn.Dropout(cfg.dropout))
+        self.project_visual = nn.Sequential(nn.Linear(visual_dim, cfg.dim), nn.Dropout(cfg.dropout))
+        self.attention = build_attention(attention, cfg, window)
         self.gate = IacaGate(cfg.dim, cfg.iaca_temperature) if iaca else None
-        self.head = FrameHead(cfg.dim if iaca else 2 * cfg.dim, cfg.head_hidden)
+        fused_dim = cfg.dim if iaca else 2 * cfg.dim
+        self.fused_lstm = BiLstm(fused_dim, cfg.rjca_fused_lstm) if attention == "rjca" else None
+        head_in = cfg.rjca_fused_lstm if attention == "rjca" else fused_dim
+        self.head = MlpHead(head_in, cfg.head_hidden, cfg.dropout)
 
     def forward(self, streams: dict[str, torch.Tensor], padding_mask: torch.Tensor | None = None,
                 return_gates: bool = False):
         # streams[name]: (B, L, D_name); padding_mask: (B, L), True where the frame is padding
-        audio = self.project_audio(torch.cat([streams[s] for s in AUDIO_STREAMS], dim=-1))  # (B, L, d)
-        visual = self.project_visual(torch.cat([streams[s] for s in VISUAL_STREAMS], dim=-1))  # (B, L, d)
-        audio_att, visual_att = self.attention(audio, visual, padding_mask)  # (B, L, d) each
+        audio = self.project_audio(torch.cat([streams[s] for s in AUDIO_STREAMS], dim=-1))  # X_a^T: (B, L, d)
+        visual = self.project_visual(torch.cat([streams[s] for s in VISUAL_STREAMS], dim=-1))  # X_v^T: (B, L, d)
+        if isinstance(self.attention, RecursiveJointCrossAttention):
+            # RJCA attends over its BLSTMs' outputs: those are its X_a, X_v (IACA's "own" features)
+            audio, visual = self.attention.encode(audio, visual, padding_mask)
+            audio_att, visual_att = self.attention.attend(audio, visual, padding_mask)
+        else:
+            audio_att, visual_att = self.attention(audio, visual, padding_mask)  # (B, L, d) each
         gates: dict[str, torch.Tensor] = {}
         if self.gate is None:
             fused = torch.cat([audio_att, visual_att], dim=-1)  # (B, L, 2d)
         else:
-            fused, gates = self.gate(audio, visual, audio_att, visual_att)  # (B, L, d)
+            fused, gates = self.gate(audio, visual, audio_att, visual_att)  # X_att,g: (B, L, d)
+        if self.fused_lstm is not None:
+            fused = self.fused_lstm(fused, padding_mask)  # RJCA's BLSTM on the joint representation
         out = self.head(fused)  # (B, L, 2)
         return (out, gates) if return_gates else out

@@ -1,43 +1,45 @@
-"""Cross-attention (CA) of Praveen et al.: audio and visual features attend to each other
-through their cross-correlation matrix.
+"""Cross-attention (CA), Praveen, Granger & Cardinal (FG 2021), as restated in Praveen &
+Alam (IACA), Sec. 3B, Eq. 1-4.
 
-With Xa, Xv of shape (d, L) (one column per frame), C = Xa^T W Xv / sqrt(d) is an L x L
-cross-correlation; its column-wise softmax gives the attention of each modality on the
-other, and the attended features are tanh(X + X A).
+The paper writes features as columns: X_a, X_v in R^{d x L}. Here tensors hold frames as
+rows, (B, L, d), so X_a^T is ``audio`` and X_a A is ``A^T @ audio`` in row form.
+
+    Z = X_a^T W X_v                                     (L x L cross-correlation)
+    A_a = column-wise softmax of Z,  A_v = column-wise softmax of Z^T         (Eq. 1)
+    X^_a = X_a A_a,  X^_v = X_v A_v                                           (Eq. 2)
+    X_att,a = tanh(X_a + X^_a),  X_att,v = tanh(X_v + X^_v)                   (Eq. 3, 4)
+
+Padded frames get no attention weight (their rows of Z are -inf before the softmax).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 
-def attend(x: torch.Tensor, correlation: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """tanh(X + X A) with A the column-wise softmax of ``correlation``.
+def column_softmax_attend(x: torch.Tensor, scores: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """X A with A the column-wise softmax of ``scores``, in row form.
 
-    x: (B, L, d) frames as rows; correlation: (B, L, L) rows index x's frames.
-    In (d, L) notation X A sums x's frames weighted by each column of A.
-    padding_mask: (B, L), True for padded frames, which get no attention.
+    x: (B, L, d) frames of one modality as rows; scores: (B, L, L), rows index x's frames.
+    A[i, j] = exp(scores[i, j]) / sum_k exp(scores[k, j]); output row j = sum_i A[i, j] x_i.
     """
     if padding_mask is not None:
-        correlation = correlation.masked_fill(padding_mask[:, :, None], float("-inf"))
-    weights = torch.softmax(correlation, dim=1)  # each column sums to 1 over x's frames
-    return torch.tanh(x + weights.transpose(1, 2) @ x)
+        scores = scores.masked_fill(padding_mask[:, :, None], float("-inf"))
+    weights = torch.softmax(scores, dim=1)  # A: each column sums to 1 over x's frames
+    return weights.transpose(1, 2) @ x  # (B, L, d)
 
 
 class CrossAttention(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(dim, dim))
-        nn.init.xavier_uniform_(self.weight)
-        self.scale = 1.0 / math.sqrt(dim)
+        self.W = nn.Parameter(torch.empty(dim, dim))  # W in Z = X_a^T W X_v
+        nn.init.xavier_uniform_(self.W)
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor,
                 padding_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        # audio, visual: (B, L, d)
-        correlation = audio @ self.weight @ visual.transpose(1, 2) * self.scale  # (B, L_a, L_v)
-        audio_att = attend(audio, correlation, padding_mask)  # (B, L, d)
-        visual_att = attend(visual, correlation.transpose(1, 2), padding_mask)  # (B, L, d)
-        return audio_att, visual_att
+        # audio = X_a^T, visual = X_v^T: (B, L, d)
+        Z = audio @ self.W @ visual.transpose(1, 2)  # (B, L_a, L_v)
+        audio_hat = column_softmax_attend(audio, Z, padding_mask)  # X^_a = X_a A_a, Eq. 2
+        visual_hat = column_softmax_attend(visual, Z.transpose(1, 2), padding_mask)  # X^_v = X_v A_v
+        return torch.tanh(audio + audio_hat), torch.tanh(visual + visual_hat)  # Eq. 3, 4

@@ -1,17 +1,24 @@
-"""TCN + Transformer fusion (after Yu et al., ABAW6 valence-arousal entry).
+"""TCN + Transformer fusion, Yu et al. (ABAW6 valence-arousal), Sec. 3.3.
 
 Each feature stream (IResNet-50, VGGish, MFCC) gets its own temporal convolutional network
-(dilated causal 1-D convolutions with residual connections); the streams are concatenated,
-projected to the model width, passed through a Transformer encoder for long-range context,
-and a per-frame head (FC -> BatchNorm -> LeakyReLU -> FC -> tanh) gives valence and arousal.
+(Bai et al.'s TCN: dilated causal 1-D convolutions with residual connections), giving
+f^_1, f^_2, f^_3; then
 
-The paper does not publish every width; ours are config values (defaults in
-``TcnTransformerConfig``).
+    f = concat(f^_1, f^_2, f^_3)                                          (Eq. 1)
+
+is projected to the model width, given sinusoidal positions, passed through a Transformer
+encoder ("four encoder layers, each with a dropout rate of 0.4") and a per-frame head
+FC -> BatchNorm -> FC -> tanh. The widths the paper does not give are config values.
+
+Padding: the TCN is causal and windows are padded at their end, so no padded frame reaches
+a real one; the encoder masks padded keys; the BatchNorm sees real frames only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import math
 
 import torch
 from torch import nn
@@ -21,14 +28,27 @@ from vafusion.models.heads import FrameHead
 
 @dataclass(frozen=True)
 class TcnTransformerConfig:
-    tcn_channels: tuple[int, ...] = (64, 64, 64)  # one block per entry, dilation 2**i
-    kernel_size: int = 3
-    tcn_dropout: float = 0.1
-    d_model: int = 64
-    n_heads: int = 4
-    n_layers: int = 4
-    transformer_dropout: float = 0.4
-    head_hidden: int = 64
+    """``learning.tcn_transformer`` of config.yaml (defaults live there only)."""
+
+    tcn_channels: tuple[int, ...]  # one block per entry, dilation 2**i
+    kernel_size: int
+    tcn_dropout: float
+    d_model: int
+    n_heads: int
+    n_layers: int
+    feedforward: int
+    transformer_dropout: float
+    head_hidden: int
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """(length, dim) positions of Vaswani et al.: sin on even, cos on odd channels."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
 
 
 class TemporalBlock(nn.Module):
@@ -59,7 +79,7 @@ class TemporalConvNet(nn.Sequential):
 
 
 class TcnTransformer(nn.Module):
-    def __init__(self, dims: dict[str, int], cfg: TcnTransformerConfig = TcnTransformerConfig()):
+    def __init__(self, dims: dict[str, int], cfg: TcnTransformerConfig, window: int):
         super().__init__()
         self.streams = tuple(dims)  # e.g. ("iresnet50", "vggish", "mfcc")
         self.tcns = nn.ModuleDict({
@@ -67,7 +87,8 @@ class TcnTransformer(nn.Module):
             for name, dim in dims.items()
         })
         self.project = nn.Linear(cfg.tcn_channels[-1] * len(dims), cfg.d_model)
-        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, dim_feedforward=2 * cfg.d_model,
+        self.register_buffer("positions", sinusoidal_positions(window, cfg.d_model), persistent=False)
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, dim_feedforward=cfg.feedforward,
                                            dropout=cfg.transformer_dropout, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.head = FrameHead(cfg.d_model, cfg.head_hidden)
@@ -75,6 +96,7 @@ class TcnTransformer(nn.Module):
     def forward(self, streams: dict[str, torch.Tensor], padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         # streams[name]: (B, L, D_name); padding_mask: (B, L), True where the frame is padding
         encoded = [self.tcns[name](streams[name].transpose(1, 2)) for name in self.streams]  # (B, C, L) each
-        x = self.project(torch.cat(encoded, dim=1).transpose(1, 2))  # (B, L, d_model)
+        f = torch.cat(encoded, dim=1).transpose(1, 2)  # Eq. 1, f = concat(f^_1, f^_2, f^_3): (B, L, 3C)
+        x = self.project(f) + self.positions[: f.shape[1]]  # (B, L, d_model)
         x = self.encoder(x, src_key_padding_mask=padding_mask)  # (B, L, d_model)
-        return self.head(x)  # (B, L, 2)
+        return self.head(x, padding_mask)  # (B, L, 2)
