@@ -1,0 +1,266 @@
+"""The fusion models against the papers' equations, each written again here in the papers'
+column notation (features as columns, X in R^{d x L}) with einsum and loops, on the
+module's own (random) weights; and the padding contract for all nine models."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vafusion.learning.ccc import ccc_loss
+from vafusion.models import FUSION_MODELS, build_fusion_model, config_section
+from vafusion.models.av_fusion import AudioVisualFusion
+from vafusion.models.cross_attention import CrossAttention
+from vafusion.models.heads import FrameHead
+from vafusion.models.iaca import IacaGate
+from vafusion.models.joint_cross_attention import JointCrossAttention
+from vafusion.models.recursive_joint_cross_attention import RecursiveJointCrossAttention
+from vafusion.models.sequence import BiLstm
+from vafusion.models.tcn_transformer import sinusoidal_positions
+
+LEARNING = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["learning"]
+DIMS = {"iresnet50": 512, "vggish": 128, "mfcc": 39}
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    torch.set_default_dtype(torch.float64)  # the comparisons below are to 1e-10
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def column_softmax(Z):
+    """A[i, j] = exp(Z[i, j]) / sum_k exp(Z[k, j]), written out."""
+    E = torch.exp(Z - Z.max())
+    return E / E.sum(dim=0, keepdim=True)
+
+
+# --- CA, Praveen & Alam Eq. 1-4 ------------------------------------------------------------------
+
+def test_cross_attention_is_eq_1_to_4():
+    torch.manual_seed(0)
+    d, L = 6, 9
+    ca = CrossAttention(d)
+    audio, visual = torch.randn(2, L, d), torch.randn(2, L, d)
+    out_a, out_v = ca(audio, visual)
+    W = ca.W.detach()
+    for b in range(2):
+        Xa, Xv = audio[b].T, visual[b].T  # (d, L): columns are frames, as in the paper
+        Z = torch.einsum("ki,kl,lj->ij", Xa, W, Xv)  # Z = X_a^T W X_v
+        A_a, A_v = column_softmax(Z), column_softmax(Z.T)  # Eq. 1 (column-wise, as the text says)
+        Xa_hat = torch.einsum("di,ij->dj", Xa, A_a)  # Eq. 2
+        Xv_hat = torch.einsum("di,ij->dj", Xv, A_v)
+        torch.testing.assert_close(out_a[b].T, torch.tanh(Xa + Xa_hat), rtol=0, atol=1e-10)  # Eq. 3
+        torch.testing.assert_close(out_v[b].T, torch.tanh(Xv + Xv_hat), rtol=0, atol=1e-10)  # Eq. 4
+
+
+# --- JCA (Praveen et al., T-BIOM 2023) -----------------------------------------------------------
+
+def jca_by_the_paper(Xa, Xv, W_ja, W_jv, W_a, W_v, W_ca, W_cv, W_ha, W_hv):
+    """Columns are frames. Returns X_att,a, X_att,v."""
+    J = torch.cat([Xa, Xv], dim=0)  # J = [X_a; X_v]
+    d = J.shape[0]
+    C_a = torch.tanh(torch.einsum("ki,kl,lj->ij", Xa, W_ja, J) / math.sqrt(d))  # X_a^T W_ja J / sqrt(d)
+    C_v = torch.tanh(torch.einsum("ki,kl,lj->ij", Xv, W_jv, J) / math.sqrt(d))
+    H_a = torch.relu(W_a @ Xa + W_ca @ C_a.T)  # H_a = ReLU(W_a X_a + W_ca C_a^T)
+    H_v = torch.relu(W_v @ Xv + W_cv @ C_v.T)
+    return W_ha @ H_a + Xa, W_hv @ H_v + Xv  # X_att = W_h H + X
+
+
+def jca_weights(jca):
+    return [getattr(jca, n).detach() for n in ("W_ja", "W_jv", "W_a", "W_v", "W_ca", "W_cv", "W_ha", "W_hv")]
+
+
+def test_joint_cross_attention_is_the_papers():
+    torch.manual_seed(1)
+    da, dv, k, L = 5, 7, 4, 8
+    jca = JointCrossAttention(da, dv, k, L)
+    assert jca.W_ja.shape == (da, da + dv) and jca.W_ca.shape == (k, L) and jca.W_ha.shape == (da, k)
+    audio, visual = torch.randn(3, L, da), torch.randn(3, L, dv)
+    out_a, out_v = jca(audio, visual)
+    for b in range(3):
+        ref_a, ref_v = jca_by_the_paper(audio[b].T, visual[b].T, *jca_weights(jca))
+        torch.testing.assert_close(out_a[b].T, ref_a, rtol=0, atol=1e-10)
+        torch.testing.assert_close(out_v[b].T, ref_v, rtol=0, atol=1e-10)
+
+
+def test_jca_with_padding_equals_the_paper_on_the_real_frames():
+    """Padded frames: their columns of C weigh nothing, i.e. the paper's equations on the
+    n real frames with W_c cut to its first n columns."""
+    torch.manual_seed(2)
+    d, k, L, n = 4, 3, 10, 6
+    jca = JointCrossAttention(d, d, k, L)
+    audio, visual = torch.randn(1, L, d), torch.randn(1, L, d)
+    padding = torch.arange(L)[None] >= n
+    out_a, out_v = jca(audio, visual, padding)
+    W = jca_weights(jca)
+    W[4], W[5] = W[4][:, :n], W[5][:, :n]  # W_ca, W_cv over the real frames
+    ref_a, ref_v = jca_by_the_paper(audio[0, :n].T, visual[0, :n].T, *W)
+    torch.testing.assert_close(out_a[0, :n].T, ref_a, rtol=0, atol=1e-10)
+    torch.testing.assert_close(out_v[0, :n].T, ref_v, rtol=0, atol=1e-10)
+
+
+# --- RJCA (Praveen et al., ICASSP 2023) ----------------------------------------------------------
+
+def test_rjca_recursion_has_its_own_weights_per_iteration():
+    torch.manual_seed(3)
+    d, k, L, T = 4, 3, 7, 3
+    rjca = RecursiveJointCrossAttention(d, k, L, T)
+    ids = {id(getattr(jca, "W_ja")) for jca in rjca.iterations}
+    assert len(rjca.iterations) == T and len(ids) == T  # W^(t): one set per iteration, not shared
+    audio, visual = torch.randn(2, L, d), torch.randn(2, L, d)
+    Xa, Xv = rjca.encode(audio, visual)
+    out_a, out_v = rjca(audio, visual)
+    for b in range(2):
+        a, v = Xa[b].T, Xv[b].T  # X^(0): the BLSTM outputs
+        for jca in rjca.iterations:  # X^(t) = JCA^(t)(X^(t-1)), J^(t) from X^(t-1)
+            a, v = jca_by_the_paper(a, v, *jca_weights(jca))
+        torch.testing.assert_close(out_a[b].T, a, rtol=0, atol=1e-10)
+        torch.testing.assert_close(out_v[b].T, v, rtol=0, atol=1e-10)
+
+
+def test_blstm_runs_over_the_real_frames_only():
+    torch.manual_seed(4)
+    lstm = BiLstm(5, 8)
+    x = torch.randn(2, 12, 5)
+    padding = torch.zeros(2, 12, dtype=torch.bool)
+    padding[1, 7:] = True
+    out = lstm(x, padding)
+    alone = lstm.lstm(x[1:, :7])[0]  # the real frames as a sequence of their own
+    torch.testing.assert_close(out[1, :7], alone[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[0], lstm.lstm(x[:1])[0][0], rtol=0, atol=1e-12)
+    assert out[1, 7:].abs().max() == 0
+    with pytest.raises(ValueError, match="end of each window"):
+        lstm(x, torch.roll(padding, 2, dims=1))  # padding in the middle is refused
+
+
+# --- IACA, Praveen & Alam Eq. 5-9 ----------------------------------------------------------------
+
+def test_iaca_gate_is_eq_5_to_9():
+    torch.manual_seed(5)
+    d, L, T = 6, 5, 0.3
+    gate = IacaGate(d, T)
+    Xa, Xv, Xatt_a, Xatt_v = (torch.randn(1, L, d) for _ in range(4))
+    fused, gates = gate(Xa, Xv, Xatt_a, Xatt_v)
+    W_gl_a, W_gl_v, W_gl_av = gate.W_gl_a.detach(), gate.W_gl_v.detach(), gate.W_gl_av.detach()
+    Wj, bj = gate.joint.weight.detach(), gate.joint.bias.detach()
+    for l in range(L):  # one frame (column) at a time
+        xa, xv, xatt_a, xatt_v = Xa[0, l], Xv[0, l], Xatt_a[0, l], Xatt_v[0, l]
+        W_go_a = xatt_a @ W_gl_a  # Eq. 5: X_att,a^T W_gl,a (2 units, no bias)
+        W_go_v = xatt_v @ W_gl_v
+        G_a = torch.exp(W_go_a / T) / torch.exp(W_go_a / T).sum()  # Eq. 6
+        G_v = torch.exp(W_go_v / T) / torch.exp(W_go_v / T).sum()
+        x_gv = torch.relu(xv * G_v[0] + xatt_v * G_v[1])  # Eq. 7
+        x_ga = torch.relu(xa * G_a[0] + xatt_a * G_a[1])  # Eq. 8
+        x_gav = Wj @ torch.cat([x_ga, x_gv]) + bj  # joint representation: concatenation + FC
+        W_go_av = torch.cat([x_ga, x_gv, x_gav]) @ W_gl_av
+        G_av = torch.exp(W_go_av / T) / torch.exp(W_go_av / T).sum()
+        x_g = torch.relu(x_ga * G_av[0] + x_gv * G_av[1] + x_gav * G_av[2])  # Eq. 9
+        torch.testing.assert_close(fused[0, l], x_g, rtol=0, atol=1e-10)
+        torch.testing.assert_close(gates["audio"][0, l], G_a, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gates["fusion"][0, l], G_av, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("attention", ["ca", "jca", "rjca", "tca"])
+def test_iaca_gates_the_cross_attentions_own_input(attention):
+    """Eq. 7-8's X_m is what the cross-attention attended over: for RJCA its BLSTM outputs."""
+    torch.manual_seed(6)
+    model = build_fusion_model(f"{attention}_iaca", DIMS, LEARNING["cross_attention"], window=11).eval()
+    seen = {}
+    model.gate.register_forward_hook(lambda mod, args, out: seen.update(args=args))
+    streams = {k: torch.randn(2, 11, d) for k, d in DIMS.items()}
+    model(streams)
+    audio = model.project_audio(torch.cat([streams["vggish"], streams["mfcc"]], -1))
+    visual = model.project_visual(streams["iresnet50"])
+    if attention == "rjca":
+        audio, visual = model.attention.encode(audio, visual)
+    torch.testing.assert_close(seen["args"][0], audio, rtol=0, atol=1e-12)
+    torch.testing.assert_close(seen["args"][1], visual, rtol=0, atol=1e-12)
+
+
+def test_rjca_has_the_joint_blstm_with_and_without_iaca():
+    for name in ("rjca", "rjca_iaca"):
+        model = build_fusion_model(name, DIMS, LEARNING["cross_attention"], window=9)
+        assert isinstance(model, AudioVisualFusion) and isinstance(model.fused_lstm, BiLstm)
+    assert build_fusion_model("jca", DIMS, LEARNING["cross_attention"], window=9).fused_lstm is None
+
+
+# --- Yu et al.: head and positions ---------------------------------------------------------------
+
+def test_frame_head_is_fc_bn_fc_tanh_with_statistics_of_real_frames():
+    torch.manual_seed(7)
+    head = FrameHead(6, 4).train()
+    x = torch.randn(2, 10, 6)
+    padding = torch.zeros(2, 10, dtype=torch.bool)
+    padding[1, 4:] = True
+    out = head(x, padding)
+    h = torch.einsum("od,bld->blo", head.fc1.weight.detach(), x) + head.fc1.bias.detach()  # FC
+    real = h[~padding]  # (14, 4)
+    mean, var = real.mean(0), real.var(0, unbiased=False)
+    bn = (h - mean) / torch.sqrt(var + head.bn.eps) * head.bn.weight.detach() + head.bn.bias.detach()  # BN
+    ref = torch.tanh(torch.einsum("oh,blh->blo", head.fc2.weight.detach(), bn) + head.fc2.bias.detach())  # FC, tanh
+    torch.testing.assert_close(out[~padding], ref[~padding], rtol=0, atol=1e-10)
+    # the running statistics were updated from the real frames only
+    torch.testing.assert_close(head.bn.running_mean, 0.9 * torch.zeros(4) + 0.1 * mean, rtol=0, atol=1e-12)
+    assert not any(isinstance(m, (torch.nn.LeakyReLU, torch.nn.ReLU)) for m in head.modules())
+
+
+def test_sinusoidal_positions_follow_vaswani():
+    table = sinusoidal_positions(13, 8)
+    for pos in range(13):
+        for i in range(4):
+            angle = pos / 10000 ** (2 * i / 8)
+            assert table[pos, 2 * i] == pytest.approx(math.sin(angle), abs=1e-6)
+            assert table[pos, 2 * i + 1] == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+def test_transformer_input_is_eq_1_plus_positions():
+    """The encoder sees the projection of f = concat(f^_1, f^_2, f^_3) plus the positions
+    (without them it would be blind to frame order)."""
+    torch.manual_seed(8)
+    model = build_fusion_model("tcn_transformer", DIMS, LEARNING["tcn_transformer"], window=12).eval()
+    seen = {}
+    model.encoder.register_forward_hook(lambda mod, args, out: seen.update(inp=args[0]))
+    streams = {k: torch.randn(1, 12, d) for k, d in DIMS.items()}
+    model(streams)
+    encoded = torch.cat([model.tcns[n](streams[n].transpose(1, 2)) for n in model.streams], 1).transpose(1, 2)
+    expected = model.project(encoded) + sinusoidal_positions(12, model.project.out_features)
+    torch.testing.assert_close(seen["inp"], expected, rtol=0, atol=1e-10)
+
+
+# --- padding never changes a real frame, for all nine models -------------------------------------
+
+@pytest.mark.parametrize("name", FUSION_MODELS)
+def test_padding_never_changes_a_real_frame(name):
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(9)
+    L = 30
+    model = build_fusion_model(name, DIMS, LEARNING[config_section(name)], window=L)
+    streams = {k: torch.randn(3, L, d) for k, d in DIMS.items()}
+    padding = torch.zeros(3, L, dtype=torch.bool)
+    padding[1, 21:] = True
+    padding[2, 8:] = True
+    target = torch.rand(3, L, 2) * 2 - 1
+    valid = (~padding)[..., None].expand(3, L, 2)
+
+    def with_noise(scale):
+        return {k: torch.where(padding[..., None], torch.randn_like(v) * scale, v) for k, v in streams.items()}
+
+    model.eval()
+    with torch.no_grad():
+        clean, noisy = model(with_noise(0.0), padding), model(with_noise(100.0), padding)
+    torch.testing.assert_close(clean[~padding], noisy[~padding], rtol=0, atol=1e-5)
+
+    model.train()
+    grads = []
+    for scale in (0.0, 100.0):
+        model.zero_grad()
+        torch.manual_seed(10)  # the same dropout masks
+        ccc_loss(model(with_noise(scale), padding), target, valid).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
