@@ -30,6 +30,7 @@ class AvFusionConfig:
     dim: int  # d: width of both modalities after their projection
     jca_hidden: int  # k: rows of H_a, H_v in JCA / RJCA
     rjca_iterations: int  # T: recursions of RJCA
+    rjca_lstm_layers: int  # layers of each of RJCA's BLSTMs
     rjca_fused_lstm: int  # width of RJCA's BLSTM over the fused representation
     tca_heads: int
     iaca_temperature: float  # T of IACA's softmax gates
@@ -43,7 +44,7 @@ def build_attention(kind: str, cfg: AvFusionConfig, window: int) -> nn.Module:
     if kind == "jca":
         return JointCrossAttention(cfg.dim, cfg.dim, cfg.jca_hidden, window)
     if kind == "rjca":
-        return RecursiveJointCrossAttention(cfg.dim, cfg.jca_hidden, window, cfg.rjca_iterations)
+        return RecursiveJointCrossAttention(cfg.dim, cfg.jca_hidden, window, cfg.rjca_iterations, cfg.rjca_lstm_layers)
     if kind == "tca":
         return TransformerCrossAttention(cfg.dim, cfg.tca_heads, cfg.dropout)
     raise ValueError(f"unknown attention '{kind}'")
@@ -61,7 +62,7 @@ class AudioVisualFusion(nn.Module):
         self.attention = build_attention(attention, cfg, window)
         self.gate = IacaGate(cfg.dim, cfg.iaca_temperature) if iaca else None
         fused_dim = cfg.dim if iaca else 2 * cfg.dim
-        self.fused_lstm = BiLstm(fused_dim, cfg.rjca_fused_lstm) if attention == "rjca" else None
+        self.fused_lstm = BiLstm(fused_dim, cfg.rjca_fused_lstm, cfg.rjca_lstm_layers) if attention == "rjca" else None
         head_in = cfg.rjca_fused_lstm if attention == "rjca" else fused_dim
         self.head = MlpHead(head_in, cfg.head_hidden, cfg.dropout)
 

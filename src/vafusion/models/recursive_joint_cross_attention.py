@@ -23,10 +23,10 @@ from vafusion.models.sequence import BiLstm
 
 
 class RecursiveJointCrossAttention(nn.Module):
-    def __init__(self, dim: int, hidden: int, length: int, iterations: int):
+    def __init__(self, dim: int, hidden: int, length: int, iterations: int, lstm_layers: int = 1):
         super().__init__()
-        self.lstm_audio = BiLstm(dim, dim)
-        self.lstm_visual = BiLstm(dim, dim)
+        self.lstm_audio = BiLstm(dim, dim, lstm_layers)
+        self.lstm_visual = BiLstm(dim, dim, lstm_layers)
         self.iterations = nn.ModuleList(JointCrossAttention(dim, dim, hidden, length) for _ in range(iterations))
 
     def encode(self, audio: torch.Tensor, visual: torch.Tensor,

@@ -30,7 +30,7 @@ from vafusion.models.heads import FrameHead
 class TcnTransformerConfig:
     """``learning.tcn_transformer`` of config.yaml (defaults live there only)."""
 
-    tcn_channels: tuple[int, ...]  # one block per entry, dilation 2**i
+    tcn_channels: dict[str, tuple[int, ...]]  # per stream: one block per entry, dilation 2**i
     kernel_size: int
     tcn_dropout: float
     d_model: int
@@ -83,10 +83,10 @@ class TcnTransformer(nn.Module):
         super().__init__()
         self.streams = tuple(dims)  # e.g. ("iresnet50", "vggish", "mfcc")
         self.tcns = nn.ModuleDict({
-            name: TemporalConvNet(dim, cfg.tcn_channels, cfg.kernel_size, cfg.tcn_dropout)
+            name: TemporalConvNet(dim, tuple(cfg.tcn_channels[name]), cfg.kernel_size, cfg.tcn_dropout)
             for name, dim in dims.items()
         })
-        self.project = nn.Linear(cfg.tcn_channels[-1] * len(dims), cfg.d_model)
+        self.project = nn.Linear(sum(cfg.tcn_channels[name][-1] for name in dims), cfg.d_model)
         self.register_buffer("positions", sinusoidal_positions(window, cfg.d_model), persistent=False)
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, dim_feedforward=cfg.feedforward,
                                            dropout=cfg.transformer_dropout, batch_first=True)
