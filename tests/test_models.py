@@ -264,3 +264,24 @@ def test_padding_never_changes_a_real_frame(name):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+# --- presets -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", sorted((Path(__file__).parents[1] / "presets").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_validate_and_build_their_models(preset):
+    """``--configfile presets/<paper>.yaml`` merged over config.yaml passes the schema, every
+    value carries a source, and each of its models builds at the preset's window."""
+    import jsonschema
+    from snakemake.utils import update_config
+
+    repo = Path(__file__).parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    update_config(config, yaml.safe_load(preset.read_text()))
+    jsonschema.validate(config, yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text()))
+    value_lines = [line for line in preset.read_text().splitlines()
+                   if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":")]
+    assert value_lines and [line for line in value_lines if "# [" not in line] == []
+    learning = config["learning"]
+    for name in learning["models"]:
+        build_fusion_model(name, DIMS, learning[config_section(name)], window=learning["train"]["window"])
