@@ -285,3 +285,31 @@ def test_presets_validate_and_build_their_models(preset):
     learning = config["learning"]
     for name in learning["models"]:
         build_fusion_model(name, DIMS, learning[config_section(name)], window=learning["train"]["window"])
+
+
+def test_tcn_block_is_bai_et_al_and_causal():
+    """out_t = ReLU(ReLU(conv2(ReLU(conv1(x))))_t + res(x)_t), each conv weight g v / ||v||
+    (weight normalisation per output channel), looking at frames t - (k-1) d .. t only."""
+    from vafusion.models.tcn_transformer import TemporalBlock
+
+    torch.manual_seed(11)
+    k, dil, L = 3, 2, 15
+    block = TemporalBlock(4, 6, k, dil, dropout=0.0).eval()
+    x = torch.randn(1, 4, L)
+
+    def causal_conv(conv, inp):
+        g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+        w = g * v / v.flatten(1).norm(dim=1)[:, None, None]  # (out, in, k)
+        out = torch.zeros(w.shape[0], inp.shape[1])
+        for t in range(inp.shape[1]):
+            for j in range(k):
+                s = t - (k - 1 - j) * dil  # tap j looks (k-1-j)*dilation frames back
+                if s >= 0:
+                    out[:, t] += w[:, :, j] @ inp[:, s]
+        return out + conv.bias[:, None]
+
+    h = torch.relu(causal_conv(block.conv1, x[0]))
+    h = torch.relu(causal_conv(block.conv2, h))
+    residual = block.residual.weight[:, :, 0] @ x[0] + block.residual.bias[:, None]
+    with torch.no_grad():
+        torch.testing.assert_close(block(x)[0], torch.relu(h + residual), rtol=0, atol=1e-10)

@@ -22,6 +22,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from vafusion.models.heads import FrameHead
 
@@ -52,13 +53,14 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
 
 
 class TemporalBlock(nn.Module):
-    """Two dilated causal convolutions with a residual connection."""
+    """Bai et al.'s residual block: two weight-normalised dilated causal convolutions, each
+    followed by ReLU and dropout, plus the input (1x1-convolved when the widths differ)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, dilation: int, dropout: float):
         super().__init__()
         self.left_pad = (kernel_size - 1) * dilation  # causal: pad the past only
-        self.conv1 = nn.Conv1d(in_ch, out_ch, kernel_size, dilation=dilation)
-        self.conv2 = nn.Conv1d(out_ch, out_ch, kernel_size, dilation=dilation)
+        self.conv1 = weight_norm(nn.Conv1d(in_ch, out_ch, kernel_size, dilation=dilation))
+        self.conv2 = weight_norm(nn.Conv1d(out_ch, out_ch, kernel_size, dilation=dilation))
         self.dropout = nn.Dropout(dropout)
         self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
