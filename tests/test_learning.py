@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from vafusion.learning.align import align_trial, fit_length
 from vafusion.learning.ccc import ccc, ccc_loss, ccc_torch
 from vafusion.learning.data import TrialData, load_trial, make_batch, window_starts
 from vafusion.learning.folds import excluded_trials, make_folds
-from vafusion.learning.train import TrainConfig, fold_ccc, train_fold
-from vafusion.models import FUSION_MODELS, build_fusion_model
+from vafusion.learning.train import TrainConfig, drop_audio, fold_ccc, missing_frames, train_fold
+from vafusion.models import build_fusion_model
 from vafusion.models.iaca import IacaGate
 
 DIMS = {"iresnet50": 512, "vggish": 128, "mfcc": 39}
+LEARNING = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["learning"]
 
 
 # --- CCC ---------------------------------------------------------------------------------------
@@ -172,23 +175,6 @@ def test_windows_end_flush_and_short_trials_are_padded():
 
 # --- models ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", FUSION_MODELS)
-def test_every_model_forward_and_backward(name):
-    torch.manual_seed(0)
-    model = build_fusion_model(name, DIMS)
-    streams = {k: torch.randn(3, 50, d) for k, d in DIMS.items()}
-    padding = torch.zeros(3, 50, dtype=torch.bool)
-    padding[2, 30:] = True
-    out = model(streams, padding)
-    assert out.shape == (3, 50, 2)
-    assert out.abs().max() <= 1.0  # tanh outputs
-    loss = ccc_loss(out, torch.rand(3, 50, 2) * 2 - 1, ~padding[..., None].expand(3, 50, 2))
-    loss.backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert sum(float(g.abs().sum()) for g in grads) > 0
-
-
 def test_iaca_gates_sum_to_one():
     gate = IacaGate(16, temperature=0.1)
     x = [torch.randn(2, 7, 16) for _ in range(4)]
@@ -198,7 +184,7 @@ def test_iaca_gates_sum_to_one():
     for g in gates.values():
         torch.testing.assert_close(g.sum(-1), torch.ones(g.shape[:-1]))
         assert (g >= 0).all()
-    model = build_fusion_model("rjca_iaca", DIMS)
+    model = build_fusion_model("rjca_iaca", DIMS, LEARNING["cross_attention"], window=9)
     _, gates = model({k: torch.randn(1, 9, d) for k, d in DIMS.items()}, return_gates=True)
     torch.testing.assert_close(gates["fusion"].sum(-1), torch.ones(1, 9))
 
@@ -226,26 +212,34 @@ def synthetic_dataset(tmp_path, n_trials=8, length=90):
     return paths, fold
 
 
-CFG = TrainConfig(window=40, hop=20, batch_size=4, lr=3e-3, max_epochs=12, warmup_epochs=1, patience=12,
-                  missing_audio=(0.0, 0.5))
+SILENCE = {"vggish": np.full(128, -3.0, np.float32), "mfcc": np.full(39, 2.0, np.float32)}
+CFG = TrainConfig.from_dict({**LEARNING["train"], "window": 40, "hop": 20, "batch_size": 4, "lr": 3e-3,
+                             "max_epochs": 12, "warmup_epochs": 1, "patience": 12,
+                             "missing_audio": {"shares": [0.0, 0.5], "patterns": ["contiguous"]}})
 
 
 def test_training_learns_is_deterministic_and_resumes(tmp_path):
     paths, fold = synthetic_dataset(tmp_path)
-    first = train_fold("ca_iaca", {}, fold, paths, tmp_path / "run1", CFG, device="cpu")
-    second = train_fold("ca_iaca", {}, fold, paths, tmp_path / "run2", CFG, device="cpu")
+    hp = LEARNING["cross_attention"]
+    first = train_fold("ca_iaca", hp, fold, paths, tmp_path / "run1", CFG, silence=SILENCE, device="cpu")
+    second = train_fold("ca_iaca", hp, fold, paths, tmp_path / "run2", CFG, silence=SILENCE, device="cpu")
     assert first["ccc_mean"] > 0.5, first  # it learns the synthetic mapping
     assert first["ccc_mean"] == second["ccc_mean"]
-    assert set(first["missing_audio"]) == {"0", "0.5"}
+    # the missing-audio test: share 0 is the intact model's CCC, silencing half the audio moves it
+    missing = first["missing_audio"]["contiguous"]
+    assert missing["all_trials"]["0"] == {k: first[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean")}
+    assert missing["all_trials"]["0.5"]["ccc_mean"] != first["ccc_mean"]
+    assert missing["longest_trial"]["0.5"]["ccc_mean"] != missing["longest_trial"]["0"]["ccc_mean"]
     for name in ("model.pt", "metrics.json", "history.csv", "val_predictions.h5"):
         assert (tmp_path / "run1" / name).exists()
     assert not (tmp_path / "run1" / "last.pt").exists()
 
     # interrupted after 5 epochs, then resumed: the same model as the uninterrupted run
-    stopped = train_fold("ca_iaca", {}, fold, paths, tmp_path / "run3", CFG, device="cpu", stop_after_epochs=5)
+    stopped = train_fold("ca_iaca", hp, fold, paths, tmp_path / "run3", CFG, silence=SILENCE, device="cpu",
+                         stop_after_epochs=5)
     assert stopped == {"interrupted_after_epoch": 5}
     assert (tmp_path / "run3" / "last.pt").exists()
-    resumed = train_fold("ca_iaca", {}, fold, paths, tmp_path / "run3", CFG, device="cpu")
+    resumed = train_fold("ca_iaca", hp, fold, paths, tmp_path / "run3", CFG, silence=SILENCE, device="cpu")
     assert resumed["ccc_mean"] == first["ccc_mean"] and resumed["epochs"] == first["epochs"]
     a = torch.load(tmp_path / "run1" / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "run3" / "model.pt", weights_only=False)["state_dict"]
@@ -262,3 +256,32 @@ def test_fold_without_valid_frames_for_a_target_reports_nan(tmp_path, caplog):
     scores = fold_ccc(predictions, trials)
     assert math.isnan(scores["ccc_arousal"]) and not math.isnan(scores["ccc_valence"])
     assert "no valid arousal frame" in caplog.text
+
+
+# --- missing audio (Praveen & Alam, Sec. 4C) ---------------------------------------------------
+
+def test_missing_frames_are_contiguous_or_scattered_and_the_same_for_every_model(tmp_path):
+    paths, _ = synthetic_dataset(tmp_path, n_trials=1, length=200)
+    trial = load_trial(paths["trial0"])
+    for share in (0.1, 0.4, 0.8):
+        runs = {}
+        for pattern in ("contiguous", "scattered"):
+            dropped = missing_frames(trial, share, pattern, seed=0)
+            assert dropped.sum() == round(share * 200)
+            runs[pattern] = int(np.sum(np.diff(dropped.astype(int)) == 1) + dropped[0])  # segments
+            np.testing.assert_array_equal(dropped, missing_frames(trial, share, pattern, seed=0))
+        assert runs["contiguous"] == 1 and runs["scattered"] > 5
+    assert not missing_frames(trial, 0.0, "scattered", seed=0).any()
+
+
+def test_dropped_audio_frames_get_the_silence_features(tmp_path):
+    paths, _ = synthetic_dataset(tmp_path, n_trials=1, length=50)
+    trial = load_trial(paths["trial0"])
+    dropped = np.zeros(50, bool)
+    dropped[[3, 10, 11, 40]] = True
+    out = drop_audio(trial, dropped, SILENCE)
+    for stream in ("vggish", "mfcc"):
+        np.testing.assert_array_equal(out.streams[stream][dropped], np.tile(SILENCE[stream], (4, 1)))
+        np.testing.assert_array_equal(out.streams[stream][~dropped], trial.streams[stream][~dropped])
+    np.testing.assert_array_equal(out.streams["iresnet50"], trial.streams["iresnet50"])  # the face is kept
+    assert not np.array_equal(out.streams["vggish"], trial.streams["vggish"])
