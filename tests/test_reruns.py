@@ -117,15 +117,17 @@ def test_changed_model_parameter_reruns_only_that_model(demo_run):
      ("iresnet50", "batch_size", 8, "extract_iresnet50")],
 )
 def test_changed_feature_parameter_reruns_that_feature_and_what_follows(demo_run, section, key, value, rule):
-    """That extractor's jobs, every alignment and the learning; no media job, no other extractor."""
+    """That extractor's jobs (and, for audio, the silence features), every alignment and the
+    learning; no media job, no other extractor."""
     results, config = demo_run
     ds = discover(config["data"])
     changed = copy_config(config)
     changed["features"][section][key] = value
     per_video = section in ("mfcc", "vggish")
     extractor = jobs_of(rule, "video", ds.used_videos) if per_video else jobs_of(rule, "trial", ds.trials)
+    silence = {"silence_features"} if per_video else set()  # the audio features of silence follow the audio extractors
     assert planned_jobs(results.parent, changed) == (
-        extractor | jobs_of("align_trial", "trial", ds.trials) | learning_jobs(config))
+        extractor | silence | jobs_of("align_trial", "trial", ds.trials) | learning_jobs(config))
 
 
 def test_changed_script_reruns_its_rule_and_what_follows(demo_run):
