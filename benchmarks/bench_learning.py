@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from vafusion.learning.data import load_trial  # noqa: E402
 from vafusion.learning.train import TrainConfig, fold_ccc, train_fold  # noqa: E402
-from vafusion.models import FUSION_MODELS  # noqa: E402
+from vafusion.models import FUSION_MODELS, config_section  # noqa: E402
 
 
 def shuffled_copies(names: list[str], aligned: dict[str, Path], out: Path, rng: np.random.Generator) -> dict[str, Path]:
@@ -78,15 +78,14 @@ def main() -> None:
     names = sorted({n for f in annotated["folds"] for n in f["train"] + f["validation"]})
     subprocess.run(snakemake + [f"{config['output']}/aligned/{n}.h5" for n in names], **quiet)
     aligned = {n: results / "aligned" / f"{n}.h5" for n in names}
-    cfg = replace(TrainConfig.from_dict(config["learning"]["train"]), max_epochs=args.max_epochs, missing_audio=(0.0,))
+    cfg = replace(TrainConfig.from_dict(config["learning"]["train"]), max_epochs=args.max_epochs)
     print(f"# Honest learning check, {time.strftime('%Y-%m-%d %H:%M')}: demo dataset, "
           f"{len(annotated['folds'])} folds, max {cfg.max_epochs} epochs, CPU {args.threads} threads")
     print("| model | constant | shuffled labels | true labels | margin over shuffled | windows/s |")
     print("|---|---|---|---|---|---|")
     constant = [constant_scores(f, aligned)["ccc_mean"] for f in annotated["folds"]]
     for model in args.models.split(","):
-        section = "tcn_transformer" if model == "tcn_transformer" else "cross_attention"
-        hparams = config["learning"][section]
+        hparams = config["learning"][config_section(model)]
         real, fake, speed = [], [], []
         with tempfile.TemporaryDirectory() as tmp:
             for fold in annotated["folds"]:
