@@ -16,7 +16,6 @@ import yaml
 from vafusion.learning.align import align_trial, fit_length
 from vafusion.learning.ccc import ccc, ccc_loss, ccc_torch
 from vafusion.learning.data import TrialData, load_trial, make_batch, window_starts
-from vafusion.learning.folds import excluded_trials, make_folds
 from vafusion.learning.train import TrainConfig, drop_audio, fold_ccc, missing_frames, train_fold
 from vafusion.models import build_fusion_model
 from vafusion.models.iaca import IacaGate
@@ -123,43 +122,7 @@ def test_test_trial_length_is_the_video_length(tmp_path):
         assert h5["vggish"].shape == (7, 128) and not h5["valid_valence"][:].any()
 
 
-# --- folds and windows -------------------------------------------------------------------------
-
-TRAIN = {"a": "a", "b_left": "b", "b_right": "b", "c": "c", "d": "d", "e": "e", "f": "f", "g": "g"}
-VALIDATION = ["v1", "v2"]
-
-
-def test_folds_rotate_chunks_and_keep_two_person_trials_together():
-    folds = make_folds(TRAIN, VALIDATION, 6)
-    assert folds["folds"][0] == {"fold": 0, "train": sorted(TRAIN), "validation": VALIDATION}
-    chunks = folds["chunks"]
-    assert len(chunks) == 5 and sorted(sum(chunks, [])) == sorted(TRAIN)
-    assert sum(chunks, []) == sorted(TRAIN)  # contiguous pieces of the sorted list
-    assert any({"b_left", "b_right"} <= set(c) for c in chunks)
-    held_out = [folds["folds"][0]["validation"]] + [f["validation"] for f in folds["folds"][1:]]
-    every = sorted(sum(held_out, []))
-    assert every == sorted(list(TRAIN) + VALIDATION)  # each trial validated exactly once
-    for fold in folds["folds"]:
-        assert not set(fold["train"]) & set(fold["validation"])
-        assert sorted(fold["train"] + fold["validation"]) == sorted(list(TRAIN) + VALIDATION)
-
-
-def test_folds_are_deterministic_and_configurable():
-    shuffled = dict(reversed(list(TRAIN.items())))
-    assert make_folds(TRAIN, VALIDATION, 6) == make_folds(shuffled, list(reversed(VALIDATION)), 6)
-    assert len(make_folds(TRAIN, VALIDATION, 4)["folds"]) == 4
-    with pytest.raises(ValueError):
-        make_folds(TRAIN, VALIDATION, 12)
-
-
-def test_all_unannotated_trial_is_excluded(tmp_path):
-    write_labels(tmp_path / "c.h5", [-5, -5], [-5, -5])
-    write_labels(tmp_path / "a.h5", [-5, 0.1], [-5, -5])
-    excluded = excluded_trials([str(tmp_path / "c.h5"), str(tmp_path / "a.h5")])
-    assert list(excluded) == ["c"]
-    folds = make_folds(TRAIN, VALIDATION, 6, excluded)
-    assert all("c" not in f["train"] + f["validation"] for f in folds["folds"])
-
+# --- windows -------------------------------------------------------------------------
 
 def test_windows_end_flush_and_short_trials_are_padded():
     assert window_starts(1000, 300, 200) == [0, 200, 400, 600, 700]

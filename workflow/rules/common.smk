@@ -22,6 +22,8 @@ except DatasetError as err:
 for name, path in config["weights"].items():
     if path is not None and not Path(path).is_file():
         raise WorkflowError(f"weights.{name}: file '{path}' does not exist")
+if config["learning"]["fold_groups"] is not None and not Path(config["learning"]["fold_groups"]).is_file():
+    raise WorkflowError(f"learning.fold_groups: file '{config['learning']['fold_groups']}' does not exist")
 if config["features"]["vggish"]["pca"] and config["weights"]["vggish_pca"] is None:
     raise WorkflowError("features.vggish.pca is true but weights.vggish_pca is null")
 
@@ -97,6 +99,12 @@ def aligned_inputs(wildcards):
     if trial.annotation is not None:
         inputs["labels"] = f"{OUT}/labels/{trial.name}.h5"
     return inputs
+
+
+def fold_groups_input():
+    """The subject map (trial,subject CSV) when the config names one, else nothing."""
+    path = config["learning"]["fold_groups"]
+    return [] if path is None else [path]
 
 
 def model_hparams(wildcards):

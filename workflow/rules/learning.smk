@@ -23,10 +23,12 @@ rule align_trial:
 rule make_folds:
     input:
         labels=expand(f"{OUT}/labels/{{trial}}.h5", trial=ANNOTATED),
+        subjects=fold_groups_input(),
     output:
         folds=f"{OUT}/folds.json",
     params:
         n_folds=config["learning"]["n_folds"],
+        seed=config["learning"]["fold_seed"],
         train={t.name: t.video for t in DATASET.partition("train")},
         validation=[t.name for t in DATASET.partition("validation")],
     log:
@@ -45,6 +47,7 @@ rule train_model:
     input:
         folds=f"{OUT}/folds.json",
         aligned=expand(f"{OUT}/aligned/{{trial}}.h5", trial=ANNOTATED),
+        silence=f"{OUT}/features/silence.h5",
     output:
         model=f"{OUT}/models/{{model}}/fold{{fold}}/model.pt",
         metrics=f"{OUT}/models/{{model}}/fold{{fold}}/metrics.json",

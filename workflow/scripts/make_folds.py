@@ -7,12 +7,16 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 
 from vafusion.io import atomic_output
 from vafusion.jobs import job_logging
-from vafusion.learning.folds import excluded_trials, make_folds
+from vafusion.learning.folds import excluded_trials, make_folds, read_subject_map
 
 with job_logging(snakemake.log[0], "make_folds") as log:
     excluded = excluded_trials(snakemake.input.labels)
     for trial, reason in excluded.items():
         log.warning("trial %s is left out of every fold: %s", trial, reason)
-    folds = make_folds(snakemake.params.train, snakemake.params.validation, snakemake.params.n_folds, excluded)
+    subjects = read_subject_map(snakemake.input.subjects[0]) if snakemake.input.subjects else None
+    folds = make_folds(snakemake.params.train, snakemake.params.validation, snakemake.params.n_folds,
+                       snakemake.params.seed, excluded, subjects)
+    log.info("%d groups of training trials (seed %d) in %d chunks: %s", len(folds["groups"]), folds["seed"],
+             len(folds["chunks"]), ", ".join(str(len(c)) for c in folds["chunks"]))
     with atomic_output(snakemake.output.folds) as tmp:
         Path(tmp).write_text(json.dumps(folds, indent=2) + "\n")

@@ -1,45 +1,96 @@
-"""Deterministic cross-validation folds.
+"""Cross-validation folds: Yu et al.'s "six-fold cross-validation on randomly segmented
+annotated data", seeded.
 
-Fold 0 is the official split (train / validation). For the others the training partition,
-as a sorted list of trials, is cut into n_folds - 1 contiguous chunks; with the validation
-partition as one more chunk, each chunk serves once as the validation set while all the
-others train. The ``_left``/``_right`` trials of one video always share a chunk.
+Fold 0 is the official split (train / validation). For the others the training trials are
+grouped — the ``_left``/``_right`` trials of one video always together, and, with a subject
+map, all trials of one subject together (groups are the connected components of "same
+video or same subject") — the groups are shuffled with the seed and cut into n_folds - 1
+chunks; with the validation partition as one more chunk, each chunk is validated once while
+all the others train.
 """
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 
 
-def make_folds(train: dict[str, str], validation: list[str], n_folds: int,
-               excluded: dict[str, str] | None = None) -> dict:
+def group_trials(trials: dict[str, str], subjects: dict[str, str] | None = None) -> list[list[str]]:
+    """Connected components of "same video or same subject"; ``trials`` maps trial -> video.
+    Each group sorted, groups sorted by their first trial (independent of input order)."""
+    parent = {t: t for t in trials}
+
+    def root(t: str) -> str:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    first_of: dict[tuple[str, str], str] = {}
+    for trial in sorted(trials):
+        keys = [("video", trials[trial])]
+        if subjects and trial in subjects:
+            keys.append(("subject", subjects[trial]))
+        for key in keys:
+            if key in first_of:
+                parent[root(trial)] = root(first_of[key])
+            else:
+                first_of[key] = trial
+    groups: dict[str, list[str]] = {}
+    for trial in sorted(trials):
+        groups.setdefault(root(trial), []).append(trial)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def make_folds(train: dict[str, str], validation: list[str], n_folds: int, seed: int,
+               excluded: dict[str, str] | None = None, subjects: dict[str, str] | None = None) -> dict:
     """``train`` maps each training trial to its video; ``excluded`` trials (with a reason,
-    e.g. no annotated frame) are left out of every fold."""
+    e.g. no annotated frame) are left out of every fold; ``subjects`` maps trials to subjects."""
     if n_folds < 2:
         raise ValueError("n_folds must be at least 2")
     excluded = dict(excluded or {})
-    groups: dict[str, list[str]] = {}
-    for trial in sorted(train):
-        if trial not in excluded:
-            groups.setdefault(train[trial], []).append(trial)
-    ordered = sorted(groups.values(), key=lambda trials: trials[0])  # sorted by first trial name
-    if len(ordered) < n_folds - 1:
-        raise ValueError(f"{len(ordered)} training videos cannot make {n_folds - 1} chunks")
-    bounds = np.array_split(np.arange(len(ordered)), n_folds - 1)  # sizes differ by at most 1
-    chunks = [[t for g in idx for t in ordered[g]] for idx in bounds]
+    groups = group_trials({t: v for t, v in train.items() if t not in excluded}, subjects)
+    if len(groups) < n_folds - 1:
+        raise ValueError(f"{len(groups)} groups of training trials (videos or subjects) cannot make "
+                         f"{n_folds - 1} chunks for {n_folds} folds")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    shuffled = [groups[i] for i in order]
+    bounds = np.array_split(np.arange(len(shuffled)), n_folds - 1)  # sizes differ by at most one group
+    chunks = [sorted(t for g in idx for t in shuffled[g]) for idx in bounds]
     valid_val = sorted(t for t in validation if t not in excluded)
     folds = [{"fold": 0, "train": sorted(sum(chunks, [])), "validation": valid_val}]
     for k, held_out in enumerate(chunks, start=1):
         rest = [t for i, chunk in enumerate(chunks, start=1) if i != k for t in chunk]
-        folds.append({"fold": k, "train": sorted(rest + valid_val), "validation": sorted(held_out)})
-    return {"n_folds": n_folds, "chunks": chunks, "official_validation": valid_val,
-            "excluded": excluded, "folds": folds}
+        folds.append({"fold": k, "train": sorted(rest + valid_val), "validation": held_out})
+    return {"n_folds": n_folds, "seed": seed, "groups": shuffled, "chunks": chunks,
+            "official_validation": valid_val, "excluded": excluded, "folds": folds}
+
+
+def read_subject_map(path: str | Path) -> dict[str, str]:
+    """``trial,subject`` CSV (header required) -> {trial: subject}; errors name file and line."""
+    subjects: dict[str, str] = {}
+    with open(path, newline="") as fh:
+        rows = csv.reader(fh)
+        header = next(rows, None)
+        if [h.strip() for h in header or []] != ["trial", "subject"]:
+            raise ValueError(f"{path}:1: the header must be 'trial,subject', found {header!r}")
+        for number, row in enumerate(rows, start=2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) != 2 or not row[0].strip() or not row[1].strip():
+                raise ValueError(f"{path}:{number}: expected 'trial,subject', found {','.join(row)!r}")
+            trial, subject = row[0].strip(), row[1].strip()
+            if subjects.get(trial, subject) != subject:
+                raise ValueError(f"{path}:{number}: trial '{trial}' is given two subjects "
+                                 f"('{subjects[trial]}' and '{subject}')")
+            subjects[trial] = subject
+    return subjects
 
 
 def excluded_trials(label_files: list[str]) -> dict[str, str]:
     """Annotated trials without a single annotated frame (all -5), with the reason."""
-    from pathlib import Path
-
     import h5py
 
     excluded = {}
