@@ -1,0 +1,169 @@
+"""The learning stage's promises, each against an independent computation in the test:
+test predictions are the mean of the fold models, normalisation uses training trials only,
+early stopping restores the best epoch, warm-up + cosine schedule, resume only when nothing
+changed, smoothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from test_learning import LEARNING, SILENCE, synthetic_dataset
+from vafusion.learning.data import load_trial
+from vafusion.learning.train import (TrainConfig, fold_ccc, load_model, predict_test_trials, predict_trial, smooth,
+                                     train_fold)
+
+HP = LEARNING["cross_attention"]
+
+
+def config(**changes) -> TrainConfig:
+    return TrainConfig.from_dict({**LEARNING["train"], "window": 40, "hop": 20, "batch_size": 4, "lr": 3e-3,
+                                  "max_epochs": 4, "warmup_epochs": 1, "patience": 10, **changes})
+
+
+def history(run: Path) -> list[dict]:
+    with open(run / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def state_dict(run: Path) -> dict:
+    return torch.load(run / "model.pt", weights_only=False)["state_dict"]
+
+
+def test_test_predictions_are_the_mean_of_the_fold_models(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    other = {"fold": 1, "train": fold["train"][2:] + fold["validation"], "validation": fold["train"][:2]}
+    runs = [train_fold("ca", HP, f, paths, tmp_path / f"fold{f['fold']}", config(), device="cpu") for f in (fold, other)]
+    assert runs[0]["ccc_mean"] != runs[1]["ccc_mean"]
+    models = [tmp_path / "fold0" / "model.pt", tmp_path / "fold1" / "model.pt"]
+    predict_test_trials(models, {"trial7": paths["trial7"]}, tmp_path / "test", device="cpu")
+    lines = (tmp_path / "test" / "trial7.txt").read_text().splitlines()
+    assert lines[0] == "valence,arousal"
+    written = np.array([[float(x) for x in line.split(",")] for line in lines[1:]])
+    trial = load_trial(paths["trial7"])
+    each = []
+    for path in models:  # each fold model on its own, with its own normaliser
+        model, normalizer, cfg, smoothing = load_model(path, torch.device("cpu"))
+        each.append(predict_trial(model, normalizer.apply(trial), cfg, torch.device("cpu"), smoothing))
+    assert len(written) == trial.length
+    assert np.abs(each[0] - each[1]).max() > 1e-3  # otherwise a mean proves nothing
+    np.testing.assert_allclose(written, (each[0] + each[1]) / 2, atol=2e-6)
+
+
+def test_normalisation_statistics_come_from_the_training_trials_only(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    for name in fold["validation"]:  # shifted validation features: a leak would move the mean
+        with h5py.File(paths[name], "r+") as h5:
+            for stream in ("iresnet50", "vggish", "mfcc"):
+                h5[stream][...] = h5[stream][:] + 5.0
+    train_fold("ca", HP, fold, paths, tmp_path / "run", config(max_epochs=1), device="cpu")
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["normalizer"]
+    for stream in ("iresnet50", "vggish", "mfcc"):
+        frames = []
+        for name in fold["train"]:
+            with h5py.File(paths[name]) as h5:
+                frames.append(h5[stream][:].astype(np.float64))
+        x = np.concatenate(frames)
+        np.testing.assert_allclose(saved["mean"][stream].numpy(), x.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(saved["std"][stream].numpy(), np.maximum(x.std(0), 1e-6), rtol=1e-5)
+
+
+def test_early_stopping_restores_the_best_epoch_and_reports_its_ccc(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    cfg = config(lr=0.05, max_epochs=30, patience=3)  # a high rate: the validation CCC peaks and falls
+    metrics = train_fold("ca", HP, fold, paths, tmp_path / "run", cfg, device="cpu")
+    rows = history(tmp_path / "run")
+    scores = [float(r["val_ccc_mean"]) for r in rows]
+    best = int(np.argmax(scores))  # the first maximum
+    assert metrics["best_epoch"] == best + 1
+    assert metrics["ccc_mean"] == pytest.approx(scores[best], abs=1e-6)
+    assert len(rows) == metrics["epochs"]
+    assert metrics["epochs"] < cfg.max_epochs and metrics["epochs"] == metrics["best_epoch"] + cfg.patience
+    # the saved model is the best epoch's: it reproduces the reported CCC on its own
+    model, normalizer, saved_cfg, smoothing = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
+    val = [normalizer.apply(load_trial(paths[n])) for n in fold["validation"]]
+    predictions = {t.name: predict_trial(model, t, saved_cfg, torch.device("cpu"), smoothing) for t in val}
+    again = fold_ccc(predictions, val)
+    assert again["ccc_valence"] == pytest.approx(metrics["ccc_valence"], abs=1e-6)
+    assert again["ccc_arousal"] == pytest.approx(metrics["ccc_arousal"], abs=1e-6)
+
+
+def test_learning_rate_warms_up_linearly_then_decays_by_a_cosine(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path, n_trials=4)
+    fold = {"fold": 0, "train": ["trial0", "trial1", "trial2"], "validation": ["trial3"]}
+    cfg = config(lr=0.01, max_epochs=7, warmup_epochs=2, patience=100)
+    train_fold("ca", HP, fold, paths, tmp_path / "run", cfg, device="cpu")
+    used = [float(r["lr"]) for r in history(tmp_path / "run")]
+    expected = []
+    for e in range(7):  # the rate used during epoch e (0-based)
+        if e < 2:
+            expected.append(0.01 * (e + 1) / 3)
+        else:
+            expected.append(0.01 * 0.5 * (1 + math.cos(math.pi * (e - 2) / 5)))
+    np.testing.assert_allclose(used, expected, rtol=1e-9)
+
+
+def test_resume_only_when_nothing_changed(tmp_path, caplog):
+    paths, fold = synthetic_dataset(tmp_path)
+    cfg = config(max_epochs=5)
+    full = train_fold("ca", HP, fold, paths, tmp_path / "full", cfg, silence=SILENCE, device="cpu")
+
+    # (a) interrupted and resumed with the same inputs: the same model, bit for bit
+    train_fold("ca", HP, fold, paths, tmp_path / "a", cfg, silence=SILENCE, device="cpu", stop_after_epochs=2)
+    with caplog.at_level("INFO"):
+        resumed = train_fold("ca", HP, fold, paths, tmp_path / "a", cfg, silence=SILENCE, device="cpu")
+    assert "resuming ca fold 0 after epoch 2" in caplog.text
+    assert resumed["ccc_mean"] == full["ccc_mean"]
+    for key, value in state_dict(tmp_path / "full").items():
+        torch.testing.assert_close(state_dict(tmp_path / "a")[key], value, rtol=0, atol=0)
+
+    # (b) a changed setting: the checkpoint is ignored, the result is a fresh run's
+    changed = config(max_epochs=5, lr=1e-3)
+    train_fold("ca", HP, fold, paths, tmp_path / "b", cfg, device="cpu", stop_after_epochs=2)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        after_change = train_fold("ca", HP, fold, paths, tmp_path / "b", changed, device="cpu")
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+    fresh = train_fold("ca", HP, fold, paths, tmp_path / "b_fresh", changed, device="cpu")
+    assert after_change["ccc_mean"] == fresh["ccc_mean"] and after_change["epochs"] == 5
+    for key, value in state_dict(tmp_path / "b_fresh").items():
+        torch.testing.assert_close(state_dict(tmp_path / "b")[key], value, rtol=0, atol=0)
+
+    # (c) a changed input file: ignored as well
+    train_fold("ca", HP, fold, paths, tmp_path / "c", cfg, device="cpu", stop_after_epochs=2)
+    with h5py.File(paths["trial0"], "r+") as h5:
+        h5["valence"][...] = -h5["valence"][:]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        train_fold("ca", HP, fold, paths, tmp_path / "c", cfg, device="cpu")
+    assert "ignoring" in caplog.text and "resuming" not in caplog.text
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 10, 25])
+def test_smoothing_is_a_centred_moving_average_clipped_at_the_edges(window):
+    rng = np.random.default_rng(window)
+    for length in (7, 40):  # 7 frames: a window longer than the trial averages what exists
+        x = rng.normal(size=(length, 2)).astype(np.float32)
+        expected = np.zeros_like(x)
+        for t in range(length):
+            lo, hi = max(0, t - window // 2), min(length, t + (window - 1) // 2 + 1)
+            expected[t] = x[lo:hi].mean(axis=0)
+        np.testing.assert_allclose(smooth(x, window), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_smoothing_applies_to_the_models_that_ask_for_it(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    smoothed = train_fold("ca", {**HP, "smoothing": 9}, fold, paths, tmp_path / "s", config(max_epochs=2), device="cpu")
+    plain = train_fold("ca", {**HP, "smoothing": 0}, fold, paths, tmp_path / "p", config(max_epochs=2), device="cpu")
+    with h5py.File(tmp_path / "s" / "val_predictions.h5") as s, h5py.File(tmp_path / "p" / "val_predictions.h5") as p:
+        raw = p["trial6"]["prediction"][:]
+        np.testing.assert_allclose(s["trial6"]["prediction"][:], smooth(raw, 9), atol=1e-6)
+    assert smoothed["ccc_mean"] != plain["ccc_mean"]
+    assert json.loads((tmp_path / "s" / "metrics.json").read_text())["ccc_mean"] == smoothed["ccc_mean"]
