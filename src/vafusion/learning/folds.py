@@ -76,7 +76,8 @@ def read_subject_map(path: str | Path) -> dict[str, str]:
         header = next(rows, None)
         if [h.strip() for h in header or []] != ["trial", "subject"]:
             raise ValueError(f"{path}:1: the header must be 'trial,subject', found {header!r}")
-        for number, row in enumerate(rows, start=2):
+        for row in rows:
+            number = rows.line_num  # physical line (a quoted field may span lines)
             if not row or not "".join(row).strip():
                 continue
             if len(row) != 2 or not row[0].strip() or not row[1].strip():
