@@ -31,7 +31,7 @@ SUBSET = {
     "validation": ["grid_swwp2s"],
     "test": ["grid_brbk7n_silent"],
 }
-NETWORK_RULES = ("extract_vggish", "extract_iresnet50", "train_model", "predict_test")
+NETWORK_RULES = ("extract_vggish", "extract_iresnet50", "silence_features", "train_model", "predict_test")
 
 
 def make_subset(demo: Path, target: Path) -> Path:
@@ -103,6 +103,7 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     config = yaml.safe_load(write_config(tmp_path, dataset).read_text())
     config["learning"].update(models=["ca"], n_folds=2)
     config["learning"]["train"]["max_epochs"] = 2
+    config["learning"]["train"]["missing_audio"] = {"shares": [0.0, 0.4], "patterns": ["contiguous"]}
     runs = {}
     for name in ("local", "slurm"):
         workdir = tmp_path / name

@@ -143,9 +143,11 @@ def test_learning_outputs_and_reports(demo_run):
     assert rows[0] == "model,fold,ccc_valence,ccc_arousal,ccc_mean"
     assert len(rows) == 1 + len(models) * n_folds
     summary = (results / "reports" / "summary.md").read_text()
-    assert all(m in summary for m in models) and "missing" in summary
-    page = (results / "reports" / "report.html").read_text()
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
+    assert all(f"| {m} |" in summary for m in models)
+    for pattern in patterns:  # one table per pattern and scope: all validation trials, the longest one
+        assert summary.count(f"## Missing audio ({pattern} frames replaced by silence)") == 2
+    page = (results / "reports" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3 + len(patterns)  # + one missing-audio figure per pattern
     for model in models:
         for name, trial in ds.trials.items():
