@@ -1,6 +1,7 @@
 """Video decoding and WAV extraction with the real ffmpeg, on generated and GRID media."""
 
 import json
+import re
 import subprocess
 
 import numpy as np
@@ -9,7 +10,20 @@ import soundfile as sf
 
 from conftest import GRID
 from vafusion.audio import extract_audio
-from vafusion.video import MediaError, ffmpeg_binary, iter_frames, probe_video
+from vafusion.video import MediaError, ffmpeg_binary, frame_times, iter_frames, probe_video
+
+
+def _ffmpeg(*args: str) -> str:
+    """Run the real ffmpeg; its log (stderr)."""
+    cmd = [ffmpeg_binary(), "-nostdin", "-hide_banner", "-nostats", "-y", *args]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
+
+
+def _test_pattern(path, seconds: float, *options: str):
+    """A 25 fps H.264 test pattern without audio."""
+    _ffmpeg("-v", "error", "-f", "lavfi", "-i", f"testsrc=size=64x48:rate=25:duration={seconds}",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", *options, str(path))
+    return path
 
 
 def test_wav_is_16k_mono_pcm16_and_as_long_as_the_audio(tmp_path, video_factory):
@@ -61,13 +75,35 @@ def test_corrupt_video_fails_naming_the_file_and_leaves_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.9])
-def test_truncated_video_fails_naming_the_file(tmp_path, video_factory, keep):
-    video = video_factory("whole.mp4", seconds=2.0, audio=False)
+@pytest.mark.parametrize("moov_first", [True, False], ids=["moov-first", "moov-last"])
+def test_truncated_video_fails_naming_the_file(tmp_path, keep, moov_first):
+    """A cut download. With the mp4 index (moov) first the cut file still opens and declares
+    the whole 4 s, so decoding must notice the missing end (even the 90 % cut lacks far more
+    than the tolerance); with the index last the cut file does not open at all."""
+    video = _test_pattern(tmp_path / "whole.mp4", 4.0, *(["-movflags", "+faststart"] if moov_first else []))
     data = video.read_bytes()
+    assert (data.index(b"moov") < data.index(b"mdat")) == moov_first
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * keep)])
+    if moov_first:
+        assert probe_video(cut).duration == 4.0
     with pytest.raises(MediaError, match="cut.mp4"):
         list(iter_frames(cut))
+
+
+def test_mp4_edit_list_is_accepted_on_ffmpegs_frame_clock(tmp_path):
+    """A stream-copy cut on a non-keyframe keeps the leading frames of the group of pictures
+    in the file and an edit list that hides them: the container counts frames that no decoder
+    shows. Such a file plays; its frames are the ones ffmpeg itself shows, at its times."""
+    whole = _test_pattern(tmp_path / "whole.mp4", 2.0, "-bf", "3")
+    edited = tmp_path / "edited.mp4"
+    _ffmpeg("-v", "error", "-ss", "0.5", "-i", str(whole), "-c", "copy", str(edited))
+    times = frame_times(edited)
+    assert probe_video(edited).declared_frames > len(times)  # the container counts hidden frames
+    log = _ffmpeg("-copyts", "-i", str(edited), "-map", "0:v:0", "-vf", "showinfo", "-f", "null", "-")
+    shown = [float(t) for t in re.findall(r"pts_time:(\S+)", log)]
+    assert len(times) == len(shown)
+    np.testing.assert_allclose(times, shown, atol=1e-3)
 
 
 def test_truncated_avi_with_index_is_detected(tmp_path, video_factory):

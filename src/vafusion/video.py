@@ -93,8 +93,8 @@ def probe_video(path: str | Path) -> VideoInfo:
 def iter_frames(path: str | Path) -> Iterator[Frame]:
     """Decode every video frame in presentation order as RGB.
 
-    Raises MediaError for a file that cannot be decoded or that ends before the number of
-    frames its container declares (a truncated download or copy).
+    Raises MediaError for a file that cannot be decoded or whose frames end before the
+    duration its container declares (a truncated download or copy).
     """
     for index, time, frame in _decode(Path(path)):
         # PyAV returns a view with padded rows; dlib ignores the strides and reads the
@@ -107,13 +107,25 @@ def frame_times(path: str | Path) -> list[float]:
     return [time for _, time, _ in _decode(Path(path))]
 
 
+def _declared_end(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """Where the container says the video ends (s, on the frames' clock); None when unsaid."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+    # The container's duration spans all streams (an audio track may run past the video), so
+    # it bounds the video only when the video is the sole stream (e.g. mkv without audio).
+    if container.duration is not None and len(container.streams) == 1:
+        return ((container.start_time or 0) + container.duration) / av.time_base
+    return None
+
+
 def _decode(path: Path) -> Iterator[tuple[int, float, av.VideoFrame]]:
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame-threaded decoding; order and output unchanged
-        declared = int(stream.frames or 0)
+        declared_end = _declared_end(container, stream)
         rate = stream.average_rate or stream.guessed_rate
-        index = 0
+        step = 1 / float(rate) if rate else 0.0  # one frame's duration
+        index, time = 0, 0.0
         try:
             for frame in container.decode(stream):
                 time = frame.time
@@ -125,9 +137,14 @@ def _decode(path: Path) -> Iterator[tuple[int, float, av.VideoFrame]]:
             raise MediaError(f"{path}: decoding failed after {index} frames ({err})") from None
     if index == 0:
         raise MediaError(f"{path}: no video frame could be decoded")
-    # Containers with an index (mp4, mkv, avi) declare their frame count; allow one frame
-    # of slack for edit lists, flag anything shorter as truncated.
-    if declared and index < declared - 1:
+    # Truncation is judged by time, not by frame count: mp4 edit lists (cuts on a non-keyframe,
+    # B-frame priming) make the container count samples the decoder never outputs. The decoded
+    # frames must reach the declared end within max(3 frames, 0.1 s): that absorbs the frame or
+    # two by which an edit list or a rounded duration is off and the unknown length of the last
+    # frame of a variable-rate file; a cut that loses less than that passes, costing at most
+    # those few frames. With no declared duration there is nothing to compare: accept.
+    if declared_end is not None and time + step < declared_end - max(3 * step, 0.1):
         raise MediaError(
-            f"{path}: truncated or corrupt: decoded {index} frames, the container declares {declared}"
+            f"{path}: truncated or corrupt: decoded {index} frames ending at {time + step:.3f} s, "
+            f"the container declares {declared_end:.3f} s"
         )
