@@ -31,6 +31,7 @@ clean:
 bench: setup
 	$(VENV)/bin/python benchmarks/bench_planning.py
 	$(VENV)/bin/python benchmarks/bench_features.py
+	$(VENV)/bin/python benchmarks/bench_scale.py
 
 bench-learning: demo
 	$(VENV)/bin/python benchmarks/bench_learning.py

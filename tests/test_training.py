@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import tracemalloc
 from pathlib import Path
 
 import h5py
@@ -15,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from test_learning import LEARNING, SILENCE, synthetic_dataset
-from vafusion.learning.data import load_trial
+from test_learning import DIMS, LEARNING, SILENCE, synthetic_dataset
+from vafusion.learning.align import write_aligned
+from vafusion.learning.data import Normalizer, load_trial, make_batch, open_trial
 from vafusion.learning.train import (TrainConfig, fold_ccc, load_model, predict_test_trials, predict_trial, smooth,
                                      train_fold)
 
@@ -167,3 +169,61 @@ def test_smoothing_applies_to_the_models_that_ask_for_it(tmp_path):
         np.testing.assert_allclose(s["trial6"]["prediction"][:], smooth(raw, 9), atol=1e-6)
     assert smoothed["ccc_mean"] != plain["ccc_mean"]
     assert json.loads((tmp_path / "s" / "metrics.json").read_text())["ccc_mean"] == smoothed["ccc_mean"]
+
+
+# --- storage: training reads windows from the aligned files ------------------------------------
+
+def random_trials(folder: Path, n_trials: int, length: int, seed: int = 0) -> dict[str, Path]:
+    rng = np.random.default_rng(seed)
+    paths = {}
+    for i in range(n_trials):
+        streams = {s: (rng.normal(size=(length, d)) * 0.01 + 1000.0).astype(np.float32) for s, d in DIMS.items()}
+        values = {t: rng.uniform(-1, 1, length).astype(np.float32) for t in ("valence", "arousal")}
+        values["arousal"][:7] = -5
+        paths[f"trial{i}"] = folder / f"trial{i}.h5"
+        write_aligned(paths[f"trial{i}"], streams, values, np.ones(length, bool), {"trial": f"trial{i}"})
+    return paths
+
+
+def test_windows_read_from_storage_equal_those_of_the_loaded_trial(tmp_path):
+    paths = random_trials(tmp_path, 3, 130)
+    stored = [open_trial(p) for p in paths.values()]
+    normalizer = Normalizer.fit(stored)
+    for window in (40, 300):  # inside the trial, and past its end (padding)
+        items = [(stored[1], 0), (stored[2], 95), (stored[0], 129)]
+        loaded = [(normalizer.apply(load_trial(t.path)), start) for t, start in items]
+        ours, theirs = make_batch(items, window, normalizer), make_batch(loaded, window)
+        for s in DIMS:
+            assert torch.equal(ours.streams[s], theirs.streams[s]), s
+        assert torch.equal(ours.labels, theirs.labels) and torch.equal(ours.valid, theirs.valid)
+        assert torch.equal(ours.padding, theirs.padding)
+    assert ours.padding[2].sum() == 299 and not ours.valid[0, :7, 1].any()
+
+
+def test_normaliser_fitted_trial_by_trial_equals_the_statistics_of_all_frames(tmp_path):
+    # features around 1000 with a spread of 0.01: a naive sum of squares in float32 fails here
+    paths = random_trials(tmp_path, 5, 97)
+    normalizer = Normalizer.fit(open_trial(p) for p in paths.values())
+    for s in DIMS:
+        x = np.concatenate([load_trial(p).streams[s] for p in paths.values()]).astype(np.float64)
+        np.testing.assert_allclose(normalizer.mean[s], x.mean(0), rtol=1e-7)
+        np.testing.assert_allclose(normalizer.std[s], x.std(0), rtol=1e-4)
+
+
+def test_training_memory_does_not_grow_with_the_data(tmp_path):
+    """Python-side peak allocations (numpy included) of a whole train_fold, validation and
+    missing-audio test included, on 6 and on 24 trials: the same, far below the data."""
+    cfg = config(window=40, hop=40, batch_size=32, max_epochs=1,
+                 missing_audio={"shares": [0.0, 0.5], "patterns": ["contiguous"]})
+    peaks, data_bytes = {}, {}
+    for n in (2, 6, 24):  # the first run only warms up (one-time allocations of torch and numpy)
+        paths = random_trials(tmp_path / f"n{n}", n, 1000)
+        data_bytes[n] = sum(p.stat().st_size for p in paths.values())
+        fold = {"fold": 0, "train": sorted(paths)[1:], "validation": sorted(paths)[:1]}
+        tracemalloc.start()
+        train_fold("ca", HP, fold, paths, tmp_path / f"run{n}", cfg, silence=SILENCE, device="cpu")
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert data_bytes[24] > 3.9 * data_bytes[6]
+    assert peaks[24] < 1.2 * peaks[6], (peaks, data_bytes)
+    assert peaks[24] < data_bytes[24] / 4, (peaks, data_bytes)

@@ -111,11 +111,6 @@ def model_hparams(wildcards):
     return config["learning"][config_section(wildcards.model)]
 
 
-def training_mem_mb(wildcards, input):
-    """Every aligned trial is held in memory, with float64 copies while normalising."""
-    return max(4000, int(4 * input.size_mb) + 2000)
-
-
 RUN_OUTPUTS = ("model.pt", "metrics.json", "history.csv", "val_predictions.h5")
 
 

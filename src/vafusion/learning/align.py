@@ -31,6 +31,22 @@ def fit_length(x: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], length - len(x), axis=0)])
 
 
+def write_aligned(out_path: str | Path, streams: dict[str, np.ndarray], values: dict[str, np.ndarray],
+                  face_found: np.ndarray, attrs: dict) -> None:
+    """The aligned file: one (T, D) float32 dataset per stream, labels and masks on T rows.
+
+    The datasets are contiguous and uncompressed on purpose: training reads its windows
+    straight from the file at the dataset's byte offset (``vafusion.learning.data``)."""
+    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        for name, x in streams.items():
+            h5.create_dataset(name, data=np.asarray(x, np.float32), chunks=None)
+        for target in TARGETS:
+            h5.create_dataset(target, data=values[target].astype(np.float32))
+            h5.create_dataset(f"valid_{target}", data=values[target] != INVALID)
+        h5.create_dataset("face_found", data=face_found)
+        h5.attrs.update(attrs)
+
+
 def align_trial(out_path: str | Path, *, trial: str, partition: str, features: dict[str, str | Path],
                 audio_meta: str | Path, labels: str | Path | None) -> dict:
     """Write ``out_path`` with the trial's features, labels and masks on T rows."""
@@ -54,16 +70,9 @@ def align_trial(out_path: str | Path, *, trial: str, partition: str, features: d
                  "trimmed from the rear" if n_video > length else "padded with their last row")
     found = np.zeros(length, dtype=bool)
     found[:min(length, n_video)] = face_found[:length]  # padded rows have no face
-    with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as h5:
-        for name, x in streams.items():
-            h5.create_dataset(name, data=fit_length(x, length).astype(np.float32))
-        for target in TARGETS:
-            h5.create_dataset(target, data=values[target].astype(np.float32))
-            h5.create_dataset(f"valid_{target}", data=values[target] != INVALID)
-        h5.create_dataset("face_found", data=found)
-        h5.attrs.update({"trial": trial, "partition": partition, "fps": float(meta["video_fps"]),
-                         "audio_missing": bool(meta["audio_missing"]), "n_video_frames": n_video,
-                         "n_frames": length})
+    write_aligned(out_path, {name: fit_length(x, length) for name, x in streams.items()}, values, found,
+                  {"trial": trial, "partition": partition, "fps": float(meta["video_fps"]),
+                   "audio_missing": bool(meta["audio_missing"]), "n_video_frames": n_video, "n_frames": length})
     valid = {t: int((values[t] != INVALID).sum()) for t in TARGETS}
     if labels is not None and not any(valid.values()):
         log.warning("%s: every annotation row is -5: the trial is left out of training", trial)

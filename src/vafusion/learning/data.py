@@ -1,9 +1,18 @@
-"""Aligned trials in memory, feature normalisation, and fixed-length training windows."""
+"""Aligned trials, feature normalisation, and fixed-length training windows.
+
+Training never holds the dataset: ``StoredTrial`` keeps a trial's labels (a few bytes per
+frame) and where its feature rows sit in the aligned file, and each window is read from
+there when its batch is made (``os.pread`` at the dataset's byte offset). Repeated reads
+come from the page cache, which all training jobs on a machine share; a job's own memory
+stays flat in the size of the data. Validation and test trials are loaded one at a time.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import h5py
 import numpy as np
@@ -23,6 +32,59 @@ class TrialData:
     def length(self) -> int:
         return len(self.labels)
 
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        return {s: x[start:stop] for s, x in self.streams.items()}
+
+
+@dataclass
+class StoredTrial:
+    """An aligned trial whose features stay in its file: labels in memory, feature rows
+    read on demand."""
+
+    name: str
+    path: Path
+    layout: dict[str, tuple[int, int]]  # stream -> (byte offset of the (T, D) float32 rows, D)
+    labels: np.ndarray  # (T, 2)
+    valid: np.ndarray  # (T, 2) bool
+
+    @property
+    def length(self) -> int:
+        return len(self.labels)
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Raw feature rows [start, stop) of every stream."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            out = {}
+            for s, (offset, dim) in self.layout.items():
+                x = np.empty((stop - start, dim), np.float32)
+                got = os.preadv(fd, [x], offset + start * dim * 4)
+                if got != x.nbytes:
+                    raise OSError(f"{self.path}: {s} rows {start}..{stop} ended early (file changed?)")
+                out[s] = x
+            return out
+        finally:
+            os.close(fd)
+
+    def load(self) -> TrialData:
+        return TrialData(self.name, self.rows(0, self.length), self.labels, self.valid)
+
+
+def open_trial(path: str | Path) -> StoredTrial:
+    """Labels and feature layout of an aligned file (written by ``write_aligned``)."""
+    path = Path(path)
+    with h5py.File(path) as h5:
+        layout = {}
+        for s in STREAMS:
+            ds = h5[s]
+            offset = ds.id.get_offset()
+            if ds.dtype != np.float32 or ds.chunks is not None or ds.compression or (offset is None and ds.size):
+                raise ValueError(f"{path}: '{s}' is not a contiguous float32 dataset; rerun align_trial")
+            layout[s] = (int(offset or 0), int(ds.shape[1]))
+        return StoredTrial(name=str(h5.attrs["trial"]), path=path, layout=layout,
+                           labels=np.stack([h5["valence"][:], h5["arousal"][:]], axis=1),
+                           valid=np.stack([h5["valid_valence"][:], h5["valid_arousal"][:]], axis=1))
+
 
 def load_trial(path: str | Path) -> TrialData:
     with h5py.File(path) as h5:
@@ -34,7 +96,9 @@ def load_trial(path: str | Path) -> TrialData:
         )
 
 
-def stream_dims(trial: TrialData) -> dict[str, int]:
+def stream_dims(trial: TrialData | StoredTrial) -> dict[str, int]:
+    if isinstance(trial, StoredTrial):
+        return {s: dim for s, (_, dim) in trial.layout.items()}
     return {s: int(x.shape[1]) for s, x in trial.streams.items()}
 
 
@@ -45,13 +109,30 @@ class Normalizer:
         self.mean, self.std = mean, std
 
     @classmethod
-    def fit(cls, trials: list[TrialData]) -> "Normalizer":
-        mean, std = {}, {}
-        for s in STREAMS:
-            x = np.concatenate([t.streams[s] for t in trials]).astype(np.float64)
-            mean[s] = x.mean(axis=0).astype(np.float32)
-            std[s] = np.maximum(x.std(axis=0), 1e-6).astype(np.float32)  # constant dims stay 0
-        return cls(mean, std)
+    def fit(cls, trials: Iterable[TrialData | StoredTrial]) -> "Normalizer":
+        """Mean and (population) std over all frames, accumulated one trial at a time in
+        float64 and merged with Chan et al.'s pairwise update, so no copy of the data is made."""
+        count, mean, m2 = 0, {}, {}
+        for trial in trials:
+            rows = trial.rows(0, trial.length)
+            n = trial.length
+            if n == 0:
+                continue
+            for s, x in rows.items():
+                x = x.astype(np.float64)
+                mean_t = x.mean(axis=0)
+                m2_t = ((x - mean_t) ** 2).sum(axis=0)
+                if count == 0:
+                    mean[s], m2[s] = mean_t, m2_t
+                else:
+                    delta = mean_t - mean[s]
+                    mean[s] = mean[s] + delta * n / (count + n)
+                    m2[s] = m2[s] + m2_t + delta**2 * count * n / (count + n)
+            count += n
+        if count == 0:
+            raise ValueError("no training frames to fit the feature normalisation on")
+        std = {s: np.maximum(np.sqrt(m2[s] / count), 1e-6).astype(np.float32) for s in mean}  # constant dims stay 0
+        return cls({s: m.astype(np.float32) for s, m in mean.items()}, std)
 
     def apply(self, trial: TrialData) -> TrialData:
         streams = {s: (x - self.mean[s]) / self.std[s] for s, x in trial.streams.items()}
@@ -89,19 +170,25 @@ class Batch:
                      self.labels.to(device), self.valid.to(device), self.padding.to(device))
 
 
-def make_batch(items: list[tuple[TrialData, int]], window: int) -> Batch:
-    """Cut ``window`` frames from each (trial, start); pad short ones and mask them."""
+def make_batch(items: list[tuple[TrialData | StoredTrial, int]], window: int,
+               normalizer: Normalizer | None = None) -> Batch:
+    """Cut ``window`` frames from each (trial, start), standardised by ``normalizer`` when
+    given (trials read from storage are raw); pad short ones with zeros and mask them."""
     b = len(items)
-    first = items[0][0]
-    streams = {s: np.zeros((b, window, x.shape[1]), np.float32) for s, x in first.streams.items()}
+    dims = stream_dims(items[0][0])
+    streams = {s: np.zeros((b, window, d), np.float32) for s, d in dims.items()}
     labels = np.zeros((b, window, 2), np.float32)
     valid = np.zeros((b, window, 2), bool)
     padding = np.ones((b, window), bool)
     for i, (trial, start) in enumerate(items):
         stop = min(start + window, trial.length)
         n = stop - start
-        for s, x in trial.streams.items():
-            streams[s][i, :n] = x[start:stop]
+        for s, x in trial.rows(start, stop).items():
+            if normalizer is None:
+                streams[s][i, :n] = x
+            else:
+                np.subtract(x, normalizer.mean[s], out=streams[s][i, :n])
+                streams[s][i, :n] /= normalizer.std[s]
         labels[i, :n] = trial.labels[start:stop]
         valid[i, :n] = trial.valid[start:stop]
         padding[i, :n] = False

@@ -10,6 +10,9 @@
   same, and removed once the training has finished.
 - Validation: overlapping windows averaged per frame, the model's moving-average smoothing,
   CCC per target over all valid frames of the fold's validation trials concatenated.
+- Memory stays flat in the data's size: training windows are read from the aligned files
+  as batches are made, validation trials are loaded one at a time
+  (``vafusion.learning.data``).
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ import numpy as np
 import torch
 
 from vafusion.devices import resolve_device
+from vafusion.features.common import prefetch
 from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc, ccc_loss
-from vafusion.learning.data import Normalizer, TrialData, load_trial, make_batch, stream_dims, window_starts
+from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, load_trial, make_batch, open_trial,
+                                    stream_dims, window_starts)
 from vafusion.models import build_fusion_model
 
 log = logging.getLogger(__name__)
@@ -91,7 +96,7 @@ def smooth(prediction: np.ndarray, window: int) -> np.ndarray:
 PATTERNS = ("contiguous", "scattered")
 
 
-def missing_frames(trial: TrialData, share: float, pattern: str, seed: int) -> np.ndarray:
+def missing_frames(trial: TrialData | StoredTrial, share: float, pattern: str, seed: int) -> np.ndarray:
     """(T,) bool: the audio frames to drop, round(share * T) of them; the same frames for
     every model (seeded by trial name, share and pattern), so models are compared on one draw."""
     n = int(round(share * trial.length))
@@ -140,7 +145,7 @@ def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, de
     return smooth(total / count, smoothing).astype(np.float32)
 
 
-def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData]) -> dict[str, float]:
+def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData | StoredTrial]) -> dict[str, float]:
     """CCC per target over all valid frames of ``trials`` concatenated."""
     scores = {}
     for j, target in enumerate(("valence", "arousal")):
@@ -153,28 +158,30 @@ def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData]) -> dic
     return scores
 
 
-def evaluate(model, trials: list[TrialData], cfg: TrainConfig, device,
-             smoothing: int = 0) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    predictions = {t.name: predict_trial(model, t, cfg, device, smoothing) for t in trials}
+def evaluate(model, trials: list[StoredTrial], cfg: TrainConfig, device, smoothing: int,
+             prepare) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Predict each trial and score the fold; ``prepare`` loads a trial as the model's
+    (normalised) input, one trial at a time, so only one is ever in memory."""
+    predictions = {t.name: predict_trial(model, prepare(t), cfg, device, smoothing) for t in trials}
     return fold_ccc(predictions, trials), predictions
 
 
-def missing_audio_scores(model, raw_val: list[TrialData], normalizer: Normalizer, silence: dict[str, np.ndarray],
+def missing_audio_scores(model, val: list[StoredTrial], normalizer: Normalizer, silence: dict[str, np.ndarray],
                          cfg: TrainConfig, device, smoothing: int) -> dict:
     """Validation CCC with a share of the audio frames silenced, per pattern, over all
     validation trials and over the longest one alone (the paper's one-video variant)."""
-    longest = max(raw_val, key=lambda t: t.length, default=None)
+    longest = max(val, key=lambda t: t.length, default=None)
     results: dict = {"longest_trial": longest.name if longest else None}
     for pattern in cfg.missing_audio.patterns:
         results[pattern] = {"all_trials": {}, "longest_trial": {}}
         for share in cfg.missing_audio.shares:
-            dropped = [normalizer.apply(drop_audio(t, missing_frames(t, share, pattern, cfg.seed), silence))
-                       for t in raw_val]
-            scores, predictions = evaluate(model, dropped, cfg, device, smoothing)
+            def silenced(t: StoredTrial) -> TrialData:
+                return normalizer.apply(drop_audio(t.load(), missing_frames(t, share, pattern, cfg.seed), silence))
+
+            scores, predictions = evaluate(model, val, cfg, device, smoothing, silenced)
             results[pattern]["all_trials"][f"{share:g}"] = scores
             if longest is not None:
-                one = [t for t in dropped if t.name == longest.name]
-                results[pattern]["longest_trial"][f"{share:g}"] = fold_ccc(predictions, one)
+                results[pattern]["longest_trial"][f"{share:g}"] = fold_ccc(predictions, [longest])
     return results
 
 
@@ -224,11 +231,13 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     # torch.use_deterministic_algorithms is not needed there and costs up to 10x.
     torch.set_num_threads(max(1, threads))
     paths = {name: Path(aligned[name]) for name in fold["train"] + fold["validation"]}
-    raw_train = [load_trial(paths[n]) for n in fold["train"]]
-    normalizer = Normalizer.fit(raw_train)  # training trials only
-    train = [normalizer.apply(t) for t in raw_train]
-    raw_val = [load_trial(paths[n]) for n in fold["validation"]]
-    val = [normalizer.apply(t) for t in raw_val]
+    train = [open_trial(paths[n]) for n in fold["train"]]
+    val = [open_trial(paths[n]) for n in fold["validation"]]
+    normalizer = Normalizer.fit(train)  # training trials only
+
+    def normalised(t: StoredTrial) -> TrialData:
+        return normalizer.apply(t.load())
+
     dims = stream_dims(train[0])
     smoothing = int(hparams.get("smoothing", 0))
 
@@ -264,8 +273,11 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         model.train()
         order = rng.permutation(len(windows))
         started, losses = time.perf_counter(), []
-        for i in range(0, len(order), cfg.batch_size):
-            batch = make_batch([windows[j] for j in order[i:i + cfg.batch_size]], cfg.window).to(dev)
+        # the next batch is read from storage and standardised while the model trains on this one
+        batches = prefetch(make_batch([windows[j] for j in order[i:i + cfg.batch_size]], cfg.window, normalizer)
+                           for i in range(0, len(order), cfg.batch_size))
+        for batch in batches:
+            batch = batch.to(dev)
             if not batch.valid.any():
                 continue
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -279,7 +291,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         train_seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
-        scores, _ = evaluate(model, val, cfg, dev, smoothing)
+        scores, _ = evaluate(model, val, cfg, dev, smoothing, normalised)
         state.epoch += 1
         epochs_this_call += 1
         score = scores["ccc_mean"]
@@ -302,9 +314,8 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                         "torch_rng": torch.get_rng_state()}, tmp)
 
     model.load_state_dict(best_weights)
-    scores, predictions = evaluate(model, val, cfg, dev, smoothing)
-    robustness = {} if silence is None else missing_audio_scores(model, raw_val, normalizer, silence, cfg, dev,
-                                                                  smoothing)
+    scores, predictions = evaluate(model, val, cfg, dev, smoothing, normalised)
+    robustness = {} if silence is None else missing_audio_scores(model, val, normalizer, silence, cfg, dev, smoothing)
     throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
     metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
                "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
