@@ -7,12 +7,18 @@ Sections (all by default, or pick with --only):
               60 s, 30 fps video built from GRID clips: real-time factor
   rss         peak RSS of each extraction job on 1, 5 and 10-minute videos (30 fps),
               each job in its own process as Snakemake runs it
+  faces       the face cache (faces/{trial}.h5, one JPEG per frame) on the demo dataset:
+              bytes per frame against raw pixels and the source JPEGs; size and error of
+              JPEG settings on warped GRID faces; faces/s one CPU core decodes (cv2, PIL,
+              torchvision) and the threads that would feed a GPU at 10,000 faces/s
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
 import platform
 import subprocess
@@ -21,13 +27,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import h5py
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from vafusion.dataset import discover  # noqa: E402
+from vafusion.faces import (  # noqa: E402
+    JPEG_PARAMS, FaceDetector, FaceJpegs, align_trial_faces, decode_faces, pick_face, warp_face)
 from vafusion.features.iresnet import build_iresnet50, embed_faces  # noqa: E402
+from vafusion.video import iter_frames  # noqa: E402
 from vafusion.features.mfcc import MfccParams, compute_mfcc  # noqa: E402
 from vafusion.features.vggish import VGGishFrontEnd  # noqa: E402
 from vafusion.models.vggish import VGGish  # noqa: E402
@@ -221,14 +233,144 @@ def bench_rss(device: str, minutes: tuple[int, ...]) -> None:
                   + f" | {slowest} {results[slowest][0]:.0f} s |", flush=True)
 
 
+def demo_dataset(path: Path | None, tmp: Path) -> Path:
+    """The demo dataset: ``path``, else resources/demo (make demo), else built into ``tmp``."""
+    for candidate in (path, REPO / "resources" / "demo"):
+        if candidate is not None and candidate.is_dir():
+            return candidate
+    from vafusion.demo import build_demo_dataset
+
+    print("(no resources/demo: building the demo dataset, a few minutes)", flush=True)
+    build_demo_dataset(tmp / "demo", REPO / "data" / "grid")
+    return tmp / "demo"
+
+
+def raw_layout_bytes(path: Path, faces: np.ndarray, times: np.ndarray, found: np.ndarray) -> int:
+    """Size of a faces file in the layout the JPEGs replaced: T x 112 x 112 x 3 uint8 pixels
+    in chunks of 32 frames, with the same timestamps and mask."""
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("faces", data=faces, chunks=(min(32, len(faces)), *faces.shape[1:]))
+        h5.create_dataset("timestamps", data=times, chunks=(min(1024, len(times)),), maxshape=(None,))
+        h5.create_dataset("face_found", data=found, chunks=(min(1024, len(found)),), maxshape=(None,))
+    return path.stat().st_size
+
+
+def bench_face_sizes(dataset: Path, work: Path) -> list[np.ndarray]:
+    """Bytes per frame of the face cache by kind; returns every JPEG stored (for decoding)."""
+    ds = discover({"videos": str(dataset / "videos"),
+                   "annotations": {part: str(dataset / "annotations" / part) for part in ("train", "validation")},
+                   "cropped_aligned": str(dataset / "cropped_aligned"),
+                   "test_trials": str(dataset / "test_trials.txt")})
+    fields = ("trials", "frames", "raw", "file", "jpeg", "src", "src_files")
+    totals: dict[str, dict[str, float]] = {}
+    stored: list[np.ndarray] = []
+    for name, trial in ds.trials.items():
+        kinds = {"detected": None}  # every trial's faces detected, its cropped_aligned folder ignored
+        if trial.cropped_aligned is not None:
+            kinds["cropped_aligned"] = trial.cropped_aligned
+        for kind, folder in kinds.items():
+            out = work / f"{kind}-{name}.h5"
+            align_trial_faces(ds.videos[trial.video], out, trial=name, side=trial.side, cropped_aligned=folder)
+            with h5py.File(out) as h5:
+                faces, times, found = FaceJpegs(h5)[:], h5["timestamps"][:], h5["face_found"][:]
+                distinct = h5["jpegs"].shape[0]
+            sources = sorted(folder.glob("*.jpg")) if folder else []
+            t = totals.setdefault(kind, dict.fromkeys(fields, 0))
+            t["trials"] += 1
+            t["frames"] += len(faces)
+            t["raw"] += raw_layout_bytes(work / "raw.h5", decode_faces(faces), times, found)
+            t["file"] += out.stat().st_size
+            t["jpeg"] += distinct
+            t["src"] += sum(p.stat().st_size for p in sources)
+            t["src_files"] += len(sources)
+            stored.extend(f for f, hit in zip(faces, found) if hit)
+    print("| faces | trials | frames | raw uint8 file | JPEG file | its distinct JPEGs | source JPEGs | source JPEGs per file |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, t in totals.items():
+        per_frame = {key: f"{t[key] / t['frames']:.0f}" for key in ("raw", "file", "jpeg", "src")}
+        per_file = f"{t['src'] / t['src_files']:.0f}" if t["src_files"] else "-"
+        if not t["src_files"]:
+            per_frame["src"] = "-"
+        print(f"| {kind} | {t['trials']} | {t['frames']} | {per_frame['raw']} | {per_frame['file']} | "
+              f"{per_frame['jpeg']} | {per_frame['src']} | {per_file} |")
+    print("(bytes per frame of the trials; 'detected' runs the detector on every demo trial, its cropped_aligned "
+          "folder ignored; a frame without a face points to a neighbour's JPEG; 'JPEG file' includes the per-frame "
+          "index and HDF5's overhead, about 8 KB per file)")
+    return stored
+
+
+def warped_grid_faces(every: int = 5) -> np.ndarray:
+    """Aligned faces (raw RGB pixels) of every ``every``-th frame of the GRID clips."""
+    detector, faces = FaceDetector(), []
+    for clip in sorted((REPO / "data" / "grid").glob("*.mpg")):
+        for frame in iter_frames(clip):
+            if frame.index % every:
+                continue
+            chosen = pick_face(detector.detect(frame.rgb), None, frame.rgb.shape[1])
+            if chosen is not None:
+                faces.append(warp_face(frame.rgb, chosen.keypoints))
+    return np.stack(faces)
+
+
+def bench_jpeg_settings(faces: np.ndarray) -> None:
+    """Size and error of JPEG settings on raw faces: the measurement behind JPEG_PARAMS."""
+    print(f"\nJPEG settings on {len(faces)} warped GRID faces (raw {faces[0].nbytes} B each):")
+    print("| chroma | quality | Huffman | bytes/face | mean abs error | 99th pct abs error |")
+    print("|---|---|---|---|---|---|")
+    sampling = {"4:2:0": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "4:4:4": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+    for chroma, quality, optimise in (("4:2:0", 95, 0), ("4:2:0", 90, 1), ("4:2:0", 95, 1), ("4:4:4", 85, 1),
+                                      ("4:4:4", 90, 1), ("4:4:4", 95, 1)):
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_OPTIMIZE, optimise,
+                  cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sampling[chroma]]
+        encoded = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), params)[1].ravel() for f in faces]
+        error = np.abs(decode_faces(encoded).astype(np.int16) - faces)
+        chosen = " (JPEG_PARAMS)" if params == JPEG_PARAMS else ""
+        print(f"| {chroma} | {quality} | {'optimised' if optimise else 'standard'}{chosen} | "
+              f"{np.mean([e.size for e in encoded]):.0f} | {error.mean():.2f} | {np.percentile(error, 99):.0f} |")
+
+
+def bench_decoders(encoded: list[np.ndarray]) -> None:
+    """Faces/s one CPU thread decodes, per decoder, and threads for 10,000 faces/s."""
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    tensors = [torch.from_numpy(e) for e in encoded]
+    decoders = {
+        "cv2.imdecode (decode_faces, the CPU path)": lambda: decode_faces(encoded),
+        "PIL Image.open + convert RGB": lambda: [np.asarray(Image.open(io.BytesIO(e)).convert("RGB")) for e in encoded],
+        "torchvision decode_jpeg (CPU), one by one": lambda: [decode_jpeg(t, mode=ImageReadMode.RGB) for t in tensors],
+        "torchvision decode_jpeg (CPU), one list": lambda: decode_jpeg(tensors, mode=ImageReadMode.RGB),
+    }
+    print(f"\nDecoding {len(encoded)} cached faces (112x112 JPEG, mean {np.mean([e.size for e in encoded]):.0f} B), "
+          "one thread:")
+    print("| decoder | faces/s per core | threads for 10,000 faces/s |")
+    print("|---|---|---|")
+    for name, decode in decoders.items():
+        rate = len(encoded) / best_time(decode, repeats=5)
+        print(f"| {name} | {rate:.0f} | {math.ceil(10_000 / rate)} |")
+
+
+def bench_faces(demo: Path | None) -> None:
+    print("\n## Face cache: bytes per frame (demo dataset), JPEG settings, decoding")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        stored = bench_face_sizes(demo_dataset(demo, work), work)
+    bench_jpeg_settings(warped_grid_faces())
+    bench_decoders(stored)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("throughput", "e2e", "rss"), action="append")
+    parser.add_argument("--only", choices=("throughput", "e2e", "rss", "faces"), action="append")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--minutes", default="1,5,10", help="video lengths for the RSS section")
+    parser.add_argument("--demo", type=Path, help="demo dataset for the faces section (default resources/demo, "
+                                                  "built in a temporary folder when absent)")
     args = parser.parse_args()
-    sections = args.only or ["throughput", "e2e", "rss"]
+    sections = args.only or ["throughput", "e2e", "rss", "faces"]
     print(f"# vafusion feature benchmark, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, device {args.device}")
     if "throughput" in sections:
@@ -237,6 +379,8 @@ def main() -> None:
         bench_e2e(args.device)
     if "rss" in sections:
         bench_rss(args.device, tuple(int(m) for m in args.minutes.split(",")))
+    if "faces" in sections:
+        bench_faces(args.demo)
 
 
 if __name__ == "__main__":

@@ -194,3 +194,15 @@ def test_faces_file_without_any_face(tmp_path):
     feats, _, extra = read(tmp_path / "i.h5")
     assert feats.shape == (20, 512) and np.isfinite(feats).all()
     assert not extra["face_found"].any()
+
+
+def test_faces_file_with_raw_pixels_is_refused(tmp_path):
+    """Faces files of older vafusion versions held raw pixels; they must be rebuilt, not
+    misread as JPEGs."""
+    with h5py.File(tmp_path / "faces.h5", "w") as h5:
+        h5["faces"] = np.zeros((4, 112, 112, 3), np.uint8)
+        h5["timestamps"] = np.arange(4) / 25
+        h5["face_found"] = np.ones(4, bool)
+    with pytest.raises(ValueError, match="older vafusion"):
+        extract_iresnet50(tmp_path / "faces.h5", tmp_path / "i.h5", IresnetParams(batch_size=8), weights=None)
+    assert not (tmp_path / "i.h5").exists()

@@ -19,6 +19,7 @@ import yaml
 
 from conftest import data_section, snakemake, write_config
 from vafusion.dataset import discover
+from vafusion.faces import FaceJpegs, decode_faces
 from vafusion.video import iter_frames, probe_video
 
 pytestmark = pytest.mark.e2e
@@ -63,13 +64,15 @@ def test_face_files_cover_every_frame(demo_run):
     for name, trial in ds.trials.items():
         times = [f.time for f in iter_frames(ds.videos[trial.video])]
         with h5py.File(results / "faces" / f"{name}.h5") as h5:
-            faces, found = h5["faces"][:], h5["face_found"][:]
-            assert faces.shape == (len(times), 112, 112, 3), name
+            faces, found = FaceJpegs(h5)[:], h5["face_found"][:]  # one JPEG per frame
+            assert decode_faces(faces).shape == (len(times), 112, 112, 3), name
             np.testing.assert_allclose(h5["timestamps"][:], times)
             assert h5.attrs["source"] == ("detected" if trial.cropped_aligned is None else "cropped_aligned")
         if trial.cropped_aligned is not None:
             present = [(trial.cropped_aligned / f"{i + 1:05d}.jpg").is_file() for i in range(len(times))]
             assert found.tolist() == present, name
+            for i in np.flatnonzero(found):  # the dataset's 112x112 JPEGs, stored as they are
+                assert faces[i].tobytes() == (trial.cropped_aligned / f"{i + 1:05d}.jpg").read_bytes(), (name, i)
         # a frame without a face repeats the last found one (or the next, in a leading gap)
         hits = np.flatnonzero(found)
         for i in np.flatnonzero(~found):
@@ -121,7 +124,7 @@ def test_feature_files_sit_on_the_frame_clock(demo_run):
     for name in ds.trials:
         with h5py.File(results / "faces" / f"{name}.h5") as faces, \
                 h5py.File(results / "features" / "iresnet50" / f"{name}.h5") as feats:
-            assert feats["features"].shape == (faces["faces"].shape[0], 512)
+            assert feats["features"].shape == (faces["face_index"].shape[0], 512)
             np.testing.assert_array_equal(feats["face_found"][:], faces["face_found"][:])
             np.testing.assert_allclose(feats["timestamps"][:], faces["timestamps"][:])
             assert feats.attrs["weights"] == "random-init" and feats.attrs["extractor"] == "iresnet50"

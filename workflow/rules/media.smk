@@ -29,6 +29,8 @@ rule align_faces:
     params:
         side=lambda wildcards: TRIALS[wildcards.trial].side,
         upsample=config["media"]["face_detector_upsample"],
+        # the file's layout: a new one reruns the rule on existing results
+        face_format="packed JPEG per frame (jpegs, jpeg_offsets, face_index)",
     log:
         f"{OUT}/logs/align_faces/{{trial}}.log",
     threads: 1
