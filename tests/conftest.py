@@ -41,12 +41,21 @@ def video_factory(tmp_path):
     return factory
 
 
+def snakemake_command(workdir: Path, *args: str, snakefile: str = "Snakefile") -> list[str]:
+    return SNAKEMAKE + ["-s", str(REPO / snakefile), "--directory", str(workdir), *args]
+
+
+def check_run(cmd: list[str], returncode: int, stdout: str, stderr: str) -> None:
+    if returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({returncode}):\n{stdout[-3000:]}\n{stderr[-6000:]}")
+
+
 def snakemake(workdir: Path, *args: str, snakefile: str = "Snakefile", check: bool = True):
     """Run snakemake from the repository (its workflow profile applies) in ``workdir``."""
-    cmd = SNAKEMAKE + ["-s", str(REPO / snakefile), "--directory", str(workdir), *args]
+    cmd = snakemake_command(workdir, *args, snakefile=snakefile)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    if check:
+        check_run(cmd, proc.returncode, proc.stdout, proc.stderr)
     return proc
 
 
@@ -61,9 +70,11 @@ def data_section(dataset: Path) -> dict:
     }
 
 
-# Test runs train two models for a few epochs (the full default list is `make run`'s):
-# Yu et al.'s and the recursive JCA with IACA (the BLSTM and gate paths).
-TEST_LEARNING = {"models": ["tcn_transformer", "rjca_iaca"], "max_epochs": 3}
+# Test runs train two models for a few epochs on three folds (the full default list and
+# six folds are `make run`'s): Yu et al.'s and the recursive JCA with IACA (the BLSTM and
+# gate paths); three shares of silenced audio, both patterns.
+TEST_LEARNING = {"models": ["tcn_transformer", "rjca_iaca"], "max_epochs": 3, "n_folds": 3,
+                 "missing_audio": {"shares": [0.0, 0.4, 0.8], "patterns": ["contiguous", "scattered"]}}
 
 
 def write_config(workdir: Path, dataset: Path, output: str = "results", **changes) -> Path:
@@ -71,7 +82,9 @@ def write_config(workdir: Path, dataset: Path, output: str = "results", **change
     config["data"] = data_section(dataset)
     config["output"] = output
     config["learning"]["models"] = TEST_LEARNING["models"]
+    config["learning"]["n_folds"] = TEST_LEARNING["n_folds"]
     config["learning"]["train"]["max_epochs"] = TEST_LEARNING["max_epochs"]
+    config["learning"]["train"]["missing_audio"] = TEST_LEARNING["missing_audio"]
     config.update(changes)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
