@@ -36,7 +36,7 @@ def history(run: Path) -> list[dict]:
 
 
 def state_dict(run: Path) -> dict:
-    return torch.load(run / "model.pt", weights_only=False)["state_dict"]
+    return torch.load(run / "model.pt", weights_only=True)["state_dict"]
 
 
 def test_test_predictions_are_the_mean_of_the_fold_models(tmp_path):
@@ -66,7 +66,7 @@ def test_normalisation_statistics_come_from_the_training_trials_only(tmp_path):
             for stream in ("iresnet50", "vggish", "mfcc"):
                 h5[stream][...] = h5[stream][:] + 5.0
     train_fold("ca", HP, fold, paths, tmp_path / "run", config(max_epochs=1), device="cpu")
-    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=False)["normalizer"]
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)["normalizer"]
     for stream in ("iresnet50", "vggish", "mfcc"):
         frames = []
         for name in fold["train"]:
@@ -213,7 +213,7 @@ def test_normaliser_fitted_trial_by_trial_equals_the_statistics_of_all_frames(tm
 def test_training_memory_does_not_grow_with_the_data(tmp_path):
     """Python-side peak allocations (numpy included) of a whole train_fold, validation and
     missing-audio test included, on 6 and on 24 trials: the same, far below the data."""
-    cfg = config(window=40, hop=40, batch_size=32, max_epochs=1,
+    cfg = config(window=40, hop=40, batch_size=4, max_epochs=1,
                  missing_audio={"shares": [0.0, 0.5], "patterns": ["contiguous"]})
     peaks, data_bytes = {}, {}
     for n in (2, 6, 24):  # the first run only warms up (one-time allocations of torch and numpy)
