@@ -72,7 +72,22 @@ def test_without_a_gpu_jobs_run_on_the_cpu_and_pinned_gpus_fail_clearly(tmp_path
     assert "CUDA_VISIBLE_DEVICES=" in caplog.text and "running on cpu" in caplog.text
     with job_device("cpu", tmp_path) as device:
         assert device == "cpu"
-    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+    assert "device auto -> cpu: no NVIDIA GPU driver on this machine" in caplog.text
+    with pytest.raises(RuntimeError, match="device 'cuda:1' was requested but CUDA cannot run here: no NVIDIA"):
         with job_device("cuda:1", tmp_path):
             pass
     assert not list(tmp_path.iterdir()), "no lock is taken without GPUs"
+
+
+def test_gpu_present_but_unusable_is_a_loud_warning(tmp_path, monkeypatch, caplog):
+    """A machine with an NVIDIA driver whose CUDA does not work (here: an nvidia-smi on the
+    PATH, while torch finds no usable GPU) falls back to the CPU with a warning that says why."""
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    caplog.set_level("INFO")
+    with job_device("auto", tmp_path / "locks") as device:
+        assert device == "cpu"
+    warning = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert warning and "although this machine has an NVIDIA GPU" in warning[0].getMessage()
+    assert f"torch {torch.__version__} built for CUDA" in warning[0].getMessage()

@@ -204,8 +204,8 @@ def test_training_learns_is_deterministic_and_resumes(tmp_path):
     assert (tmp_path / "run3" / "last.pt").exists()
     resumed = train_fold("ca_iaca", hp, fold, paths, tmp_path / "run3", CFG, silence=SILENCE, device="cpu")
     assert resumed["ccc_mean"] == first["ccc_mean"] and resumed["epochs"] == first["epochs"]
-    a = torch.load(tmp_path / "run1" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "run3" / "model.pt", weights_only=False)["state_dict"]
+    a = torch.load(tmp_path / "run1" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "run3" / "model.pt", weights_only=True)["state_dict"]
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 

@@ -3,10 +3,13 @@ bad checkpoint does."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
+from vafusion.learning.train import load_model
 from vafusion.models.iresnet import iresnet50
 from vafusion.models.vggish import VGGish, VGGishPCA
 from vafusion.weights import RANDOM_INIT, WeightsError, load_weights, read_state_dict, sha256sum
@@ -147,3 +150,29 @@ def test_missing_corrupt_and_misfitting_checkpoints(tmp_path):
     with pytest.raises(WeightsError, match=r"missing keys \(18\)") as err:
         load_weights(VGGish(), tmp_path / "backbone.pth", what="vggish")
     assert "(475 in all)" in str(err.value)
+
+
+class RunsCode:
+    """Unpickling this runs a shell command: what a malicious checkpoint carries."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path):
+    marker = tmp_path / "code-ran"
+    state = VGGish().state_dict()
+    state["features.0.weight"] = RunsCode(marker)
+    torch.save(state, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match="evil.pth' holds Python objects other than tensors") as err:
+        load_weights(VGGish(), tmp_path / "evil.pth", what="vggish")
+    assert "system" in str(err.value)  # names what the file wanted to call
+    assert not marker.exists()
+    # the pipeline's own checkpoints are read the same way
+    torch.save({"model_name": "ca", "state_dict": {}, "extra": RunsCode(marker)}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match="model.pt: refused"):
+        load_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert not marker.exists()

@@ -14,8 +14,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -26,13 +28,43 @@ log = logging.getLogger(__name__)
 LOCK_DIR_ENV = "VAFUSION_GPU_LOCK_DIR"
 
 
+def cuda_status() -> tuple[bool, str]:
+    """(usable, why): whether CUDA can run here, and the reason in words. A machine with an
+    NVIDIA driver on which CUDA does not work (a driver too old for this torch build, a
+    CPU-only torch) is told apart from a machine without a GPU."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        usable = torch.cuda.is_available()
+    if usable:
+        return True, f"CUDA works ({torch.cuda.device_count()} GPU(s), torch built for CUDA {torch.version.cuda})"
+    driver = Path("/proc/driver/nvidia/version")
+    if not driver.exists() and shutil.which("nvidia-smi") is None:
+        return False, "no NVIDIA GPU driver on this machine"
+    said = "; ".join(str(w.message).strip() for w in caught) or "torch.cuda.is_available() is False"
+    build = f"torch {torch.__version__} built for CUDA {torch.version.cuda}" if torch.version.cuda \
+        else f"torch {torch.__version__} is a CPU-only build"
+    return False, f"an NVIDIA driver is present but CUDA is unusable ({build}): {said}"
+
+
 def resolve_device(requested: str) -> torch.device:
-    """'auto' -> the GPU when there is one, else the CPU; 'cpu'/'cuda'/'cuda:N' as given."""
+    """'auto' -> the GPU when there is one, else the CPU; 'cpu'/'cuda'/'cuda:N' as given.
+    What 'auto' picked, and why, goes to the log; a GPU that is present but unusable is a
+    warning, so that a run does not go on for days on the CPU unnoticed."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        usable, why = cuda_status()
+        if usable:
+            log.info("device auto -> cuda: %s", why)
+        elif why.startswith("an NVIDIA driver"):
+            log.warning("!!! device auto -> cpu although this machine has an NVIDIA GPU: %s. Fix the driver or "
+                        "the torch build, or set the device to cpu to silence this. !!!", why)
+        else:
+            log.info("device auto -> cpu: %s", why)
+        return torch.device("cuda" if usable else "cpu")
     device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{requested}' was requested but no CUDA GPU is available")
+    if device.type == "cuda":
+        usable, why = cuda_status()
+        if not usable:
+            raise RuntimeError(f"device '{requested}' was requested but CUDA cannot run here: {why}")
     return device
 
 

@@ -14,6 +14,7 @@ import logging
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,21 +35,53 @@ def sha256sum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# What a checkpoint may contain besides tensors and plain Python values: numpy arrays and
+# scalars (torchvggish's PCA file holds numpy arrays). Nothing else is ever unpickled, so a
+# file cannot run code; torch.load(weights_only=True) refuses any other global.
+NUMPY_SAFE_GLOBALS = [
+    np.ndarray, np.dtype, np._core.multiarray._reconstruct, np._core.multiarray.scalar,
+    # the same functions under numpy 1.x's module name, which older checkpoints carry
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
+    *{type(np.dtype(t)) for t in ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "b1")},
+]
+
+
+def safe_load(path: str | Path, map_location="cpu"):
+    """``torch.load`` that only rebuilds tensors, plain Python values and numpy arrays;
+    raises pickle.UnpicklingError for anything else (never falls back to full unpickling)."""
+    with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def refused_as_unsafe(err: pickle.UnpicklingError) -> bool:
+    """torch.load refused an object the file wanted rebuilt (a GLOBAL: a class or function
+    to call), as opposed to a damaged file."""
+    return "GLOBAL" in str(err)
+
+
+def unsafe_global(err: Exception) -> str:
+    """The line of torch's refusal that names the object the file wanted to rebuild."""
+    lines = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+    return lines[0] if lines else "not a plain checkpoint"
+
+
 def read_state_dict(path: str | Path, what: str) -> dict:
     """Read a checkpoint file into a flat {name: tensor} dict (raises WeightsError)."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{what} weights file '{path}' does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # e.g. torchvggish's PCA file stores numpy arrays; the path is the user's own choice
-        log.warning("%s: not a plain tensor checkpoint, loading it with full unpickling", path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001 - any failure means an unusable file
-            raise WeightsError(f"{what} weights file '{path}' cannot be read: {err}") from None
-    except Exception as err:  # noqa: BLE001
+        state = safe_load(path)
+    except pickle.UnpicklingError as err:
+        if not refused_as_unsafe(err):
+            raise WeightsError(f"{what} weights file '{path}' cannot be read (corrupt or not a PyTorch checkpoint): "
+                               f"{err}") from None
+        raise WeightsError(
+            f"{what} weights file '{path}' holds Python objects other than tensors and numpy arrays; it is "
+            f"refused because unpickling them could run code. Re-save the state dict alone "
+            f"(torch.save(model.state_dict(), ...)) from a source you trust. ({unsafe_global(err)})") from None
+    except Exception as err:  # noqa: BLE001 - any failure means an unusable file
         raise WeightsError(f"{what} weights file '{path}' cannot be read (corrupt or not a PyTorch checkpoint): {err}") from None
     for wrapper in ("state_dict", "model"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and wrapper in state and isinstance(state[wrapper], dict):

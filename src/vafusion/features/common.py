@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 
 import vafusion
+from vafusion.devices import cuda_status
 from vafusion.io import atomic_output
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def provenance(extractor: str, params: dict, weights: dict | None, device: torch
         "torch_version": torch.__version__,
         "torchaudio_version": torchaudio.__version__,
         "device": str(device),
+        "cuda_status": cuda_status()[1],  # why this device: a GPU present but unusable says so here
     }
     attrs.update(weights or {"weights": "none (no network)", "weights_sha256": "", "weights_seed": -1})
     return attrs

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -32,13 +33,14 @@ import h5py
 import numpy as np
 import torch
 
-from vafusion.devices import resolve_device
+from vafusion.devices import cuda_status, resolve_device
 from vafusion.features.common import prefetch
 from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc, ccc_loss
 from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, load_trial, make_batch, open_trial,
                                     stream_dims, window_starts)
 from vafusion.models import build_fusion_model
+from vafusion.weights import refused_as_unsafe, safe_load, unsafe_global
 
 log = logging.getLogger(__name__)
 AUDIO_STREAMS = ("vggish", "mfcc")
@@ -252,7 +254,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     checkpoint = out_dir / "last.pt"
     key = fingerprint(model_name, hparams, cfg, fold, paths)
     if checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=dev, weights_only=False)
+        saved = load_checkpoint(checkpoint, dev)
         if saved.get("fingerprint") == key:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -321,7 +323,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
                "n_train_trials": len(train), "n_validation_trials": len(val),
                "n_valid_frames": {t: int(sum(v.valid[:, j].sum() for v in val)) for j, t in enumerate(("valence", "arousal"))},
-               "missing_audio": robustness, "device": str(dev)}
+               "missing_audio": robustness, "device": str(dev), "cuda_status": cuda_status()[1]}
     write_outputs(out_dir, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, state.history,
                   predictions, val)
     checkpoint.unlink(missing_ok=True)
@@ -350,9 +352,21 @@ def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, c
 
 # --- test predictions ------------------------------------------------------------------------
 
+def load_checkpoint(path: str | Path, device: torch.device) -> dict:
+    """A checkpoint written by ``train_fold``, loaded without running code: only tensors,
+    plain Python values and numpy arrays are rebuilt (``vafusion.weights.safe_load``)."""
+    try:
+        return safe_load(path, map_location=device)
+    except pickle.UnpicklingError as err:
+        if not refused_as_unsafe(err):
+            raise ValueError(f"{path}: cannot be read (corrupt or not a checkpoint): {err}") from None
+        raise ValueError(f"{path}: refused, it holds Python objects other than tensors and plain values, and "
+                         f"unpickling them could run code ({unsafe_global(err)}); delete it") from None
+
+
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Normalizer, TrainConfig, int]:
     """(model, its normaliser, its training settings, its smoothing in frames)."""
-    saved = torch.load(path, map_location=device, weights_only=False)
+    saved = load_checkpoint(path, device)
     cfg = TrainConfig.from_dict(saved["train_config"])
     model = build_fusion_model(saved["model_name"], saved["dims"], saved["hparams"], window=cfg.window).to(device)
     model.load_state_dict(saved["state_dict"])
