@@ -28,6 +28,7 @@ import numpy as np
 
 import vafusion
 from vafusion.io import atomic_output
+from vafusion.jobs import Progress
 from vafusion.video import iter_frames, probe_video
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,7 @@ def align_trial_faces(video: str | Path, out_path: str | Path, *, trial: str, si
     detector = None if cropped else FaceDetector(upsample=upsample)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as h5:
         writer = FaceTrackWriter(h5)
+        progress = Progress(f"faces of {trial}", info.declared_frames or round(info.duration * info.fps))
         for frame in iter_frames(video):
             if cropped is not None:
                 jpg = cropped / f"{frame.index + 1:05d}.jpg"
@@ -290,6 +292,7 @@ def align_trial_faces(video: str | Path, out_path: str | Path, *, trial: str, si
                 chosen = pick_face(detector.detect(frame.rgb), side, frame.rgb.shape[1])
                 face = None if chosen is None else encode_face(warp_face(frame.rgb, chosen.keypoints))
             writer.add(frame.time, face)
+            progress.update(frame.index + 1)
         writer.flush()
         found = writer.n_found
         stats = {

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
-from typing import Iterator
+import time
+from typing import Callable, Iterator
 
 log = logging.getLogger("vafusion")
 
@@ -37,3 +39,39 @@ def job_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
+
+
+class Progress:
+    """Progress of a long job in its log: items done, rate and time left, every ``share`` of
+    the work (10 %) or every ``every_s`` seconds (30 s), whichever comes first, and at the end.
+    ``total`` 0 means unknown (no share, no time left)."""
+
+    def __init__(self, what: str, total: int, unit: str = "frames", *, share: float = 0.1, every_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.what, self.total, self.unit, self.share, self.every_s, self.clock = what, total, unit, share, every_s, clock
+        self.started = self.last_logged = clock()
+        self.next_done = share * total
+
+    def update(self, done: int) -> None:
+        now = self.clock()
+        finished = self.total and done >= self.total
+        if not (finished or (self.total and done >= self.next_done) or now - self.last_logged >= self.every_s):
+            return
+        elapsed = now - self.started
+        rate = done / elapsed if elapsed > 0 else math.nan
+        if self.total:
+            left = (self.total - done) / rate if rate > 0 else math.nan
+            log.info("%s: %d/%d %s (%.0f %%), %.1f %s/s, %s left", self.what, done, self.total, self.unit,
+                     100 * done / self.total, rate, self.unit, _duration(left))
+            while self.next_done <= done:
+                self.next_done += self.share * self.total
+        else:
+            log.info("%s: %d %s, %.1f %s/s", self.what, done, self.unit, rate, self.unit)
+        self.last_logged = now
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "unknown time"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"

@@ -22,6 +22,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from vafusion.devices import resolve_device
 from vafusion.faces import FaceJpegs, decode_faces
 from vafusion.features.common import FeatureFile, map_blocks, provenance, set_cpu_threads
+from vafusion.jobs import Progress
 from vafusion.models.iresnet import iresnet50, normalize_faces
 from vafusion.weights import load_weights
 
@@ -95,8 +96,10 @@ def extract_iresnet50(faces_path: str, out_path: str, params: IresnetParams, *, 
 
         with FeatureFile(out_path, times, EMBEDDING_SIZE, attrs) as out, torch.inference_mode():
             out.h5.create_dataset("face_found", data=found)
+            progress = Progress(f"iresnet50 of {faces_path}", len(times), "faces")
             for start, batch in map_blocks(len(times), params.batch_size, read):
                 out.write(start, embed_faces(model, batch, dev, params.channels_last).cpu().numpy())
+                progress.update(start + len(batch))
     if not found.any():
         log.warning("%s: no face in any frame; embeddings of blank frames, face_found all false", faces_path)
     log.info("iresnet50: %d faces -> %s (%s)", len(times), out_path, weights_info["weights"])

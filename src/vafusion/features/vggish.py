@@ -23,6 +23,7 @@ import torch
 
 from vafusion.devices import resolve_device
 from vafusion.features.common import FeatureFile, map_blocks, provenance, read_audio_segment, set_cpu_threads
+from vafusion.jobs import Progress
 from vafusion.models.vggish import EMBEDDING_SIZE, VGGish, VGGishPCA
 from vafusion.weights import load_weights, read_state_dict, sha256sum
 
@@ -124,10 +125,12 @@ def extract_vggish(wav_path: str, meta: dict, out_path: str, params: VggishParam
         if wav.samplerate != SAMPLE_RATE:
             raise ValueError(f"{wav_path}: sample rate {wav.samplerate}, VGGish needs {SAMPLE_RATE}")
         with torch.inference_mode(), autocast:
+            progress = Progress(f"vggish of {wav_path}", len(starts))
             for start, examples in map_blocks(len(starts), params.batch_size,
                                               lambda lo, hi: examples_for_block(wav, starts[lo:hi], front)):
                 embedding = model(examples)
                 if postprocess is not None:
                     embedding = postprocess(embedding)
                 out.write(start, embedding.float().cpu().numpy())
+                progress.update(start + len(embedding))
     log.info("vggish: %d frames -> %s (%s)", len(times), out_path, weights_info["weights"])
