@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from vafusion.learning.ccc import ccc_loss
-from vafusion.models import FUSION_MODELS, build_fusion_model, config_section
+from vafusion.models import FUSION_MODELS, build_fusion_model, config_section, settings_problems
 from vafusion.models.av_fusion import AudioVisualFusion
 from vafusion.models.cross_attention import CrossAttention
 from vafusion.models.heads import FrameHead
@@ -283,8 +283,31 @@ def test_presets_validate_and_build_their_models(preset):
                    if ":" in line and not line.lstrip().startswith("#") and not line.rstrip().endswith(":")]
     assert value_lines and [line for line in value_lines if "# [" not in line] == []
     learning = config["learning"]
+    assert settings_problems(learning) == []
     for name in learning["models"]:
         build_fusion_model(name, DIMS, learning[config_section(name)], window=learning["train"]["window"])
+
+
+@pytest.mark.parametrize("section, change, key", [
+    ("tcn_transformer", {"n_heads": 3}, "learning.tcn_transformer.n_heads"),
+    ("cross_attention", {"tca_heads": 3}, "learning.cross_attention.tca_heads"),
+])
+def test_settings_that_cannot_build_a_model_are_reported_at_parse_time(section, change, key):
+    """Each reported combination really breaks the model (so the check is needed), and the
+    report names the key; the defaults pass."""
+    learning = {**LEARNING, "models": list(FUSION_MODELS), section: {**LEARNING[section], **change}}
+    assert settings_problems(LEARNING) == []
+    problems = settings_problems(learning)
+    assert len(problems) == 1 and problems[0].startswith(f"{key}: 3 does not divide") and "train_model" in problems[0]
+    model = "tcn_transformer" if section == "tcn_transformer" else "tca"
+    with pytest.raises(AssertionError, match="divisible"):
+        build_fusion_model(model, DIMS, learning[section], window=LEARNING["train"]["window"])
+
+
+def test_training_settings_that_cannot_work_are_reported():
+    train = {**LEARNING["train"], "hop": LEARNING["train"]["window"] + 1, "warmup_epochs": LEARNING["train"]["max_epochs"]}
+    problems = settings_problems({**LEARNING, "train": train})
+    assert [p.split(":")[0] for p in problems] == ["learning.train.hop", "learning.train.warmup_epochs"]
 
 
 def test_tcn_block_is_bai_et_al_and_causal():
@@ -313,3 +336,17 @@ def test_tcn_block_is_bai_et_al_and_causal():
     residual = block.residual.weight[:, :, 0] @ x[0] + block.residual.bias[:, None]
     with torch.no_grad():
         torch.testing.assert_close(block(x)[0], torch.relu(h + residual), rtol=0, atol=1e-10)
+
+
+def test_every_config_key_has_a_description():
+    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    undescribed = []
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            if not sub.get("description"):
+                undescribed.append(f"{path}{key}")
+            walk(sub, f"{path}{key}.")
+
+    walk(schema, "")
+    assert undescribed == []

@@ -6,7 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vafusion.dataset import DatasetError, discover
-from vafusion.models import config_section
+from vafusion.models import config_section, settings_problems
 
 
 OUT = config["output"]
@@ -26,6 +26,8 @@ if config["learning"]["fold_groups"] is not None and not Path(config["learning"]
     raise WorkflowError(f"learning.fold_groups: file '{config['learning']['fold_groups']}' does not exist")
 if config["features"]["vggish"]["pca"] and config["weights"]["vggish_pca"] is None:
     raise WorkflowError("features.vggish.pca is true but weights.vggish_pca is null")
+if problems := settings_problems(config["learning"]):
+    raise WorkflowError("settings that cannot work together:\n" + "\n".join(problems))
 
 VIDEOS = DATASET.used_videos
 TRIALS = DATASET.trials

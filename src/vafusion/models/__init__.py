@@ -35,3 +35,26 @@ def build_fusion_model(name: str, dims: dict[str, int], hparams: dict, window: i
         return AudioVisualFusion(dims, attention, iaca=gate == "iaca", cfg=_pick(AvFusionConfig, hparams),
                                  window=window)
     raise ValueError(f"unknown model '{name}'; known: {', '.join(FUSION_MODELS)}")
+
+
+def settings_problems(learning: dict) -> list[str]:
+    """What in ``learning`` (config.yaml) passes the schema but cannot build a configured
+    model, each naming the key and the rule it breaks; checked when the workflow is parsed,
+    before any job runs (plain arithmetic: no torch import in every job's parse)."""
+    models = learning["models"]
+    tcn, ca = learning["tcn_transformer"], learning["cross_attention"]
+    problems = []
+    if "tcn_transformer" in models and tcn["d_model"] % tcn["n_heads"]:
+        problems.append(f"learning.tcn_transformer.n_heads: {tcn['n_heads']} does not divide d_model "
+                        f"{tcn['d_model']} (the Transformer's heads split d_model; rule train_model)")
+    if any(m.startswith("tca") for m in models) and ca["dim"] % ca["tca_heads"]:
+        problems.append(f"learning.cross_attention.tca_heads: {ca['tca_heads']} does not divide dim {ca['dim']} "
+                        "(the transformer cross-attention's heads split dim; rule train_model)")
+    train = learning["train"]
+    if train["hop"] > train["window"]:
+        problems.append(f"learning.train.hop: {train['hop']} is longer than window {train['window']}: the frames "
+                        "between windows would never be trained on (rule train_model)")
+    if train["warmup_epochs"] >= train["max_epochs"]:
+        problems.append(f"learning.train.warmup_epochs: {train['warmup_epochs']} warm-up epochs leave none of the "
+                        f"{train['max_epochs']} max_epochs for the cosine decay (rule train_model)")
+    return problems
