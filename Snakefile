@@ -16,6 +16,17 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/learning.smk"
 
 
+# Jobs of a few seconds run where Snakemake runs, also on a cluster: a SLURM job of its own
+# would cost more in queueing and status polls than the work. Every other rule's resources
+# (threads = cpus_per_task, mem_mb, runtime in minutes, gpu) are sized in the rule for
+# Aff-Wild2's longest videos and go to the cluster as they are.
+localrules:
+    read_annotation,
+    align_trial,
+    make_folds,
+    report,
+
+
 rule all:
     input:
         media_outputs(),

@@ -212,8 +212,10 @@ def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
         (lambda c, d: c["data"].update(videos=str(d / "no such dir")), "no such dir' does not exist"),
         (lambda c, d: (Path(c["data"]["annotations"]["train"]) / "ghost.txt").write_text("valence,arousal\n0,0\n"),
          "ghost.txt: no video for trial 'ghost'"),
+        (lambda c, d: c["learning"]["tcn_transformer"].update(n_heads=3),
+         "learning.tcn_transformer.n_heads: 3 does not divide d_model"),
     ],
-    ids=["unknown-key", "missing-key", "missing-path", "annotation-without-video"],
+    ids=["unknown-key", "missing-key", "missing-path", "annotation-without-video", "heads-not-dividing-width"],
 )
 def test_config_and_layout_errors_stop_before_any_job(demo_dataset, tmp_path, change, expected):
     dataset = tmp_path / "data"

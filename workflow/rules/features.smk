@@ -15,7 +15,7 @@ rule extract_mfcc:
         f"{OUT}/logs/extract_mfcc/{{video}}.log",
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=1500,
         runtime=30,
     conda:
         "../../envs/features.yaml"
@@ -39,7 +39,7 @@ rule extract_vggish:
         f"{OUT}/logs/extract_vggish/{{video}}.log",
     threads: 2
     resources:
-        mem_mb=3000,
+        mem_mb=4000,
         runtime=120,
         gpu=GPU_JOB,
     conda:
@@ -62,7 +62,7 @@ rule extract_iresnet50:
         f"{OUT}/logs/extract_iresnet50/{{trial}}.log",
     threads: 2
     resources:
-        mem_mb=3000,
+        mem_mb=4000,
         runtime=240,
         gpu=GPU_JOB,
     conda:

@@ -66,7 +66,7 @@ rule train_model:
         # Windows are read from the aligned files, not held: peak RSS ~1 GB, flat in the
         # data's size (make bench: 0.9 GiB at 1/8 to 1/2 of Aff-Wild2); CUDA adds ~1 GB.
         mem_mb=3000,
-        runtime=240,
+        runtime=360,
         gpu=GPU_TRAIN,
     conda:
         "../../envs/learning.yaml"
@@ -86,7 +86,7 @@ rule predict_test:
         f"{OUT}/logs/predict_test/{{model}}.log",
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=4000,
         runtime=30,
         gpu=GPU_TRAIN,
     conda:

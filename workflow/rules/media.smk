@@ -14,7 +14,7 @@ rule extract_audio:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=20,
     conda:
         "../../envs/media.yaml"
     script:
@@ -36,7 +36,7 @@ rule align_faces:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=120,
     conda:
         "../../envs/media.yaml"
     script:
