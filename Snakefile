@@ -43,3 +43,8 @@ rule media:
 rule features:
     input:
         feature_outputs(),
+
+
+rule predict:
+    input:
+        prediction_outputs(),

@@ -111,3 +111,18 @@ def test_missing_paths_are_named(tmp_path, key):
 def test_no_annotations_at_all(tmp_path):
     data = layout(tmp_path, videos=["one.mp4"], train=[], validation=[])
     assert "no annotation files" in problems(data)
+
+
+def test_prediction_only_layout_makes_every_video_a_test_trial(tmp_path):
+    data = layout(tmp_path, videos=["a/one.mp4", "duo.avi"], train=[], validation=[])
+    data["annotations"] = None
+    ds = discover(data)
+    assert {n: (t.partition, t.annotation) for n, t in ds.trials.items()} == {"one": ("test", None),
+                                                                              "duo": ("test", None)}
+    # a trial list picks the videos (and the side of a two-person one)
+    (tmp_path / "pick.txt").write_text("duo_left\n")
+    ds = discover({**data, "test_trials": str(tmp_path / "pick.txt")})
+    assert list(ds.trials) == ["duo_left"] and ds.trials["duo_left"].side == "left"
+    # with annotation folders, none found is still an error
+    with pytest.raises(DatasetError, match="no annotation files"):
+        discover(layout(tmp_path / "other", videos=["x.mp4"], train=[], validation=[]))

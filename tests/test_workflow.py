@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 
-from conftest import data_section, snakemake, write_config
+from conftest import GRID, data_section, snakemake, write_config
 from vafusion.dataset import discover
 from vafusion.faces import FaceJpegs, decode_faces
-from vafusion.video import iter_frames, probe_video
+from vafusion.learning.data import load_trial
+from vafusion.learning.train import load_model, predict_trial
+from vafusion.video import ffmpeg_binary, iter_frames, probe_video
 
 pytestmark = pytest.mark.e2e
 
@@ -231,3 +235,34 @@ def test_config_and_layout_errors_stop_before_any_job(demo_dataset, tmp_path, ch
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr
     assert "Job stats" not in proc.stdout + proc.stderr and not (tmp_path / "results").exists()
+
+
+def test_predict_new_videos_with_a_trained_run(demo_run, tmp_path):
+    """`snakemake predict` on a folder of videos without annotations, with the demo run's
+    trained models: media and features run for the new video, then one row per decoded
+    frame, the mean of the fold models (each with its own normaliser)."""
+    results, config = demo_run
+    videos = tmp_path / "new videos"
+    videos.mkdir()
+    new = videos / "mirrored_bbaf2n.mp4"  # a video the run never saw: a GRID clip, mirrored
+    subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(GRID / "bbaf2n.mpg"), "-vf", "hflip",
+                    "-c:v", "libx264", "-c:a", "aac", str(new)], check=True)
+    config = {**config, "data": {"videos": str(videos), "annotations": None, "cropped_aligned": None,
+                                 "test_trials": None},
+              "output": str(tmp_path / "predicted"), "learning": {**config["learning"], "trained_run": str(results)}}
+    (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path, "--configfile", str(tmp_path / "predict.yaml"), "--cores", "2", "predict")
+    out = tmp_path / "predicted"
+    assert not (out / "models").exists()  # nothing trained
+    n_frames = len(list(iter_frames(new)))
+    for model in config["learning"]["models"]:
+        lines = (out / "predictions" / model / "test" / "mirrored_bbaf2n.txt").read_text().splitlines()
+        assert lines[0] == "valence,arousal" and len(lines) - 1 == n_frames
+        written = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+        trial = load_trial(out / "aligned" / "mirrored_bbaf2n.h5")
+        folds = sorted((results / "models" / model).glob("fold*/model.pt"))
+        each = []
+        for path in folds:
+            net, normalizer, cfg, smoothing = load_model(path, torch.device("cpu"))
+            each.append(predict_trial(net, normalizer.apply(trial), cfg, torch.device("cpu"), smoothing))
+        np.testing.assert_allclose(written, np.mean(each, axis=0), atol=2e-6)

@@ -92,7 +92,10 @@ def discover(data: dict) -> Dataset:
         return path
 
     videos_dir = existing("videos", data["videos"], "directory")
-    annotation_dirs = {
+    # annotations: null is prediction only (learning.trained_run): every video, or those
+    # that test_trials lists, becomes a test trial
+    predict_only = data["annotations"] is None
+    annotation_dirs = {} if predict_only else {
         part: existing(f"annotations.{part}", data["annotations"][part], "directory")
         for part in ("train", "validation")
     }
@@ -111,13 +114,15 @@ def discover(data: dict) -> Dataset:
                 problems.append(f"trial '{path.stem}' is annotated twice: {other} and {path}")
                 continue
             annotations[path.stem] = (part, path)
-    if not annotations:
+    if not annotations and not predict_only:
         problems.append(
             "no annotation files (*.txt) in "
             + " or ".join(f"'{d}'" for d in annotation_dirs.values())
         )
 
     test_names: list[tuple[str, str]] = []
+    if predict_only and test_list is None:
+        test_names = [(name, str(path)) for name, path in videos.items()]
     if test_list is not None:
         for line_no, line in enumerate(test_list.read_text(encoding="utf-8").splitlines(), 1):
             name = line.strip()

@@ -85,6 +85,16 @@ def feature_outputs():
 MODELS = config["learning"]["models"]
 FOLDS = list(range(config["learning"]["n_folds"]))
 TEST_TRIALS = [t.name for t in DATASET.partition("test")]
+TRAINED_RUN = config["learning"]["trained_run"]
+if TRAINED_RUN is not None:
+    TRAINED_MODELS = {m: sorted(Path(TRAINED_RUN, "models", m).glob("fold*/model.pt")) for m in MODELS}
+    if missing := [m for m, paths in TRAINED_MODELS.items() if not paths]:
+        raise WorkflowError(f"learning.trained_run: no models/<model>/fold*/model.pt in '{TRAINED_RUN}' for "
+                            + ", ".join(missing))
+    if not TEST_TRIALS:
+        raise WorkflowError("learning.trained_run is set but there is nothing to predict (no test trials)")
+elif not ANNOTATED:
+    raise WorkflowError("data.annotations is null (prediction only): set learning.trained_run to a finished run")
 GPU_TRAIN = 0 if config["learning"]["device"] == "cpu" else 1
 
 
@@ -120,8 +130,21 @@ def run_files(name):
     return expand(f"{OUT}/models/{{model}}/fold{{fold}}/{name}", model=MODELS, fold=FOLDS)
 
 
+def fold_models(wildcards):
+    """The fold models that predict the test trials: this run's, or learning.trained_run's."""
+    if TRAINED_RUN is not None:
+        return [str(p) for p in TRAINED_MODELS[wildcards.model]]
+    return expand(f"{OUT}/models/{wildcards.model}/fold{{fold}}/model.pt", fold=FOLDS)
+
+
+def prediction_outputs():
+    return expand(f"{OUT}/predictions/{{model}}/test/{{trial}}.txt", model=MODELS, trial=TEST_TRIALS)
+
+
 def learning_outputs():
+    if TRAINED_RUN is not None:  # prediction only
+        return prediction_outputs()
     return (
         [f"{OUT}/reports/ccc.csv", f"{OUT}/reports/summary.md", f"{OUT}/reports/report.html"]
-        + expand(f"{OUT}/predictions/{{model}}/test/{{trial}}.txt", model=MODELS, trial=TEST_TRIALS)
+        + prediction_outputs()
     )

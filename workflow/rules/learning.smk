@@ -76,7 +76,7 @@ rule train_model:
 
 rule predict_test:
     input:
-        models=expand(f"{OUT}/models/{{{{model}}}}/fold{{fold}}/model.pt", fold=FOLDS),
+        models=fold_models,
         aligned=expand(f"{OUT}/aligned/{{trial}}.h5", trial=TEST_TRIALS),
     output:
         predictions=expand(f"{OUT}/predictions/{{{{model}}}}/test/{{trial}}.txt", trial=TEST_TRIALS),

@@ -382,6 +382,10 @@ def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path],
     out_dir = Path(out_dir)
     for name, path in sorted(aligned.items()):
         trial = load_trial(path)
+        with h5py.File(path) as h5:  # one prediction per decoded video frame
+            n_video = int(h5.attrs.get("n_video_frames", trial.length))
+        if trial.length != n_video:
+            raise ValueError(f"{path}: {trial.length} rows for a video of {n_video} decoded frames")
         mean = np.mean([predict_trial(m, norm.apply(trial), cfg, dev, smoothing)
                         for m, norm, cfg, smoothing in models], axis=0)
         with atomic_output(out_dir / f"{name}.txt") as tmp:
