@@ -150,6 +150,15 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                              text=True, check=True).stdout
         return set(out.split())
 
+    def job_requests(self) -> dict[str, tuple[str, str]]:
+        """Per job id, as slurmctld records them: the job's comment (the executor writes
+        ``rule_<rule>...`` there) and its GPU request (tres-per-node, e.g. ``gres/gpu:1``;
+        ``N/A`` for none)."""
+        out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:30|,Comment:400|,tres-per-node:100"],
+                             capture_output=True, text=True, check=True).stdout
+        rows = (line.split("|") for line in out.splitlines() if line.strip())
+        return {job.strip(): (comment.strip(), tres.strip()) for job, comment, tres in rows}
+
     def stop(self) -> None:
         """Stop every daemon started here and remove the config files written here."""
         for proc in reversed(self.procs):

@@ -2,7 +2,8 @@
 
 SLURM (Debian's slurm-wlm + munge) is installed when missing and started for this module
 only; the test is skipped, with the reason, only where that cannot be done (no root, no
-apt, or a machine with its own SLURM setup). The cluster run uses a 6-trial subset of the
+apt, or a machine with its own SLURM setup), and fails instead where VAFUSION_REQUIRE_SLURM
+is set (CI, `.ci/run`). The cluster run uses a 6-trial subset of the
 demo (every kind of trial: two-person video, .avi, detected faces, no audio track) so the
 DAG stays small: every level costs several seconds of status polling.
 """
@@ -10,6 +11,7 @@ DAG stays small: every level costs several seconds of status polling.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,6 +68,8 @@ def cluster(tmp_path_factory):
         slurm.start()
     except SlurmUnavailable as err:
         slurm.stop()
+        if os.environ.get("VAFUSION_REQUIRE_SLURM"):  # CI: the cluster test runs or fails, never skips
+            pytest.fail(f"VAFUSION_REQUIRE_SLURM is set but no SLURM cluster could be started: {err}")
         pytest.skip(f"no SLURM cluster on this machine: {err}")
     except BaseException:
         slurm.stop()
@@ -147,6 +151,13 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     assert set(submitted.values()) <= cluster.job_ids()
     slurm_logs = list((runs["slurm"][0] / ".snakemake" / "slurm_logs").rglob("*.log"))
     assert {p.stem for p in slurm_logs} == set(submitted.values())
+
+    # slurmctld's own records: every network job asked SLURM for one GPU, no other job did
+    requests = cluster.job_requests()
+    for slurm_id in submitted.values():
+        comment, tres = requests[slurm_id]
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment).group(1)
+        assert ("gpu:1" in tres) == (rule in NETWORK_RULES), (slurm_id, comment, tres)
 
     # GPU rules asked for a GPU and got one of the (fake) GPUs; the others got none
     results = runs["slurm"][0] / "results"
