@@ -40,3 +40,35 @@ def test_summary_has_mean_std_best_fold_iaca_pairs_and_missing_audio_per_target(
     assert sum("Missing audio (contiguous" in line for line in lines) == 2
     at_half = 0.4 - 0.2 * 0.5, 0.4 - 2 * 0.2 * 0.5  # rjca: mean base 0.4
     assert f"| rjca | 0.400 / 0.400 | {at_half[0]:.3f} / {at_half[1]:.3f} |" in lines
+
+
+def test_html_report_has_real_tables_and_says_random_init_in_red(tmp_path):
+    import json
+
+    import h5py
+    import numpy as np
+
+    from vafusion.learning.report import write_reports
+
+    files = {"metrics": [], "history": [], "predictions": []}
+    for model, fold, v, a in (("jca", 0, 0.5, 0.7), ("jca", 1, 0.3, 0.1)):
+        run = tmp_path / model / f"fold{fold}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({**row(model, fold, v, a), "device": "cpu",
+                                                      "cuda_status": "no NVIDIA GPU driver on this machine"}))
+        (run / "history.csv").write_text("epoch,train_loss,val_ccc_mean,lr\n1,1.0,0.3,0.001\n2,0.8,0.4,0.0005\n")
+        with h5py.File(run / "val_predictions.h5", "w") as h5:
+            g = h5.create_group("t")
+            g["prediction"], g["label"] = np.zeros((20, 2), np.float32), np.ones((20, 2), np.float32)
+            g["valid"] = np.ones((20, 2), bool)
+        for kind, name in (("metrics", "metrics.json"), ("history", "history.csv"), ("predictions", "val_predictions.h5")):
+            files[kind].append(run / name)
+    out = {k: tmp_path / f"report.{k}" for k in ("csv", "md", "html")}
+    write_reports(files["metrics"], files["history"], files["predictions"], out["csv"], out["md"], out["html"],
+                  weights={"iresnet50": None, "vggish": "/models/vggish.pth", "vggish_pca": None})
+    page = out["html"].read_text()
+    assert "<pre>" not in page and "|---|" not in page
+    assert "<tr><td>jca</td><td>2</td><td>0.400 ± 0.100</td>" in page
+    assert page.count("<b style='color:#c00'>RANDOM-INIT</b>") == 1 and "/models/vggish.pth" in page
+    assert "vggish_pca: not used" in page
+    assert "training device: cpu: no NVIDIA GPU driver on this machine" in page

@@ -104,6 +104,8 @@ rule report:
         ccc=f"{OUT}/reports/ccc.csv",
         summary=f"{OUT}/reports/summary.md",
         html=f"{OUT}/reports/report.html",
+    params:
+        weights=config["weights"],
     log:
         f"{OUT}/logs/report.log",
     threads: 1

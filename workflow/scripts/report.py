@@ -14,4 +14,5 @@ with job_logging(snakemake.log[0], "report"):
         snakemake.output.ccc,
         snakemake.output.summary,
         snakemake.output.html,
+        weights=dict(snakemake.params.weights),
     )

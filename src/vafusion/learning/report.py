@@ -196,10 +196,62 @@ def plot_missing_audio(rows: list[dict], pattern: str) -> str:
     return _png(fig)
 
 
+def markdown_to_html(markdown: str) -> str:
+    """The summary's Markdown (headings, pipe tables, paragraphs) as HTML: real tables."""
+    out, table = [], []
+
+    def close_table() -> None:
+        if table:
+            head, *body = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in table
+                           if not set(line.replace("|", "").strip()) <= set("-: ")]
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
+                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+                       + "</table>")
+            table.clear()
+
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        close_table()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level + 1}>{html.escape(line.lstrip('#').strip())}</h{level + 1}>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    close_table()
+    return "\n".join(out)
+
+
+def provenance_html(weights: dict[str, str | None], rows: list[dict]) -> str:
+    """What the figures stand on: each network's weights (RANDOM-INIT in red when none was
+    given), the devices the runs used and why, package versions, counts."""
+    import torch
+
+    import vafusion
+
+    items = []
+    for network, path in weights.items():
+        if path is None and network == "vggish_pca":
+            items.append("<li>vggish_pca: not used (features.vggish.pca: false)</li>")
+        elif path is None:
+            items.append(f"<li>{html.escape(network)}: <b style='color:#c00'>RANDOM-INIT</b> (no weights file: "
+                         "these features are not pretrained embeddings)</li>")
+        else:
+            items.append(f"<li>{html.escape(network)}: {html.escape(str(path))} (sha256 in each feature file)</li>")
+    devices = sorted({": ".join(filter(None, (r.get("device", "?"), r.get("cuda_status")))) for r in rows})
+    items += [f"<li>training device: {html.escape(d)}</li>" for d in devices]
+    items.append(f"<li>vafusion {html.escape(vafusion.__version__)}, torch {html.escape(torch.__version__)}</li>")
+    models = sorted({r["model"] for r in rows})
+    items.append(f"<li>{len(models)} models x {len({r['fold'] for r in rows})} folds = {len(rows)} runs</li>")
+    return "<h2>Provenance</h2><ul>" + "".join(items) + "</ul>"
+
+
 def write_reports(metrics_files: list[str | Path], history_files: list[str | Path],
                   prediction_files: list[str | Path], out_csv: str | Path, out_md: str | Path,
-                  out_html: str | Path) -> None:
-    """``history_files`` and ``prediction_files`` are parallel to ``metrics_files``."""
+                  out_html: str | Path, weights: dict[str, str | None] | None = None) -> None:
+    """``history_files`` and ``prediction_files`` are parallel to ``metrics_files``;
+    ``weights``: config.yaml's weights section (None: not known)."""
     rows = load_metrics(metrics_files)
     write_ccc_csv(rows, out_csv)
     markdown = summary_markdown(rows)
@@ -218,8 +270,11 @@ def write_reports(metrics_files: list[str | Path], history_files: list[str | Pat
     ] + [(f"Missing audio, {pattern} frames: RJCA vs RJCA + IACA (Praveen & Alam, Fig. 3)",
           plot_missing_audio(rows, pattern)) for pattern in missing_audio_patterns(rows)]
     body = [f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>" for title, data in figures]
-    table = "<pre>" + html.escape(markdown) + "</pre>"
+    head = provenance_html(weights, rows) if weights is not None else ""
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>vafusion report</title>"
-            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}</style></head>"
-            "<body><h1>vafusion: valence/arousal validation report</h1>" + table + "".join(body) + "</body></html>")
+            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
+            "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #bbb;padding:2px 8px;"
+            "text-align:right}td:first-child,th:first-child{text-align:left}</style></head>"
+            "<body><h1>vafusion: valence/arousal validation report</h1>" + head + markdown_to_html(markdown)
+            + "".join(body) + "</body></html>")
     Path(out_html).write_text(page)
