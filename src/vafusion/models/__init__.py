@@ -54,7 +54,4 @@ def settings_problems(learning: dict) -> list[str]:
     if train["hop"] > train["window"]:
         problems.append(f"learning.train.hop: {train['hop']} is longer than window {train['window']}: the frames "
                         "between windows would never be trained on (rule train_model)")
-    if train["warmup_epochs"] >= train["max_epochs"]:
-        problems.append(f"learning.train.warmup_epochs: {train['warmup_epochs']} warm-up epochs leave none of the "
-                        f"{train['max_epochs']} max_epochs for the cosine decay (rule train_model)")
     return problems
