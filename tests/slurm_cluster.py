@@ -152,9 +152,9 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
     def job_requests(self) -> dict[str, tuple[str, str]]:
         """Per job id, as slurmctld records them: the job's comment (the executor writes
-        ``rule_<rule>...`` there) and its GPU request (tres-per-node, e.g. ``gres/gpu:1``;
-        ``N/A`` for none)."""
-        out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:30|,Comment:400|,tres-per-node:100"],
+        ``rule_<rule>...`` there) and its GPU request (tres-per-job: ``gres:gpu:1`` for
+        ``--gpus=1``, ``N/A`` for none)."""
+        out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:30|,Comment:400|,tres-per-job:100"],
                              capture_output=True, text=True, check=True).stdout
         rows = (line.split("|") for line in out.splitlines() if line.strip())
         return {job.strip(): (comment.strip(), tres.strip()) for job, comment, tres in rows}

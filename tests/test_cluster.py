@@ -157,7 +157,8 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     for slurm_id in submitted.values():
         comment, tres = requests[slurm_id]
         rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment).group(1)
-        assert ("gpu:1" in tres) == (rule in NETWORK_RULES), (slurm_id, comment, tres)
+        assert (tres == "gres:gpu:1") == (rule in NETWORK_RULES), (slurm_id, comment, tres)
+        assert tres in ("gres:gpu:1", "N/A"), (slurm_id, comment, tres)
 
     # GPU rules asked for a GPU and got one of the (fake) GPUs; the others got none
     results = runs["slurm"][0] / "results"
