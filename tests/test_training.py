@@ -18,9 +18,9 @@ import torch
 
 from test_learning import DIMS, LEARNING, SILENCE, synthetic_dataset
 from vafusion.learning.align import write_aligned
-from vafusion.learning.data import Normalizer, load_trial, make_batch, open_trial
-from vafusion.learning.train import (TrainConfig, fold_ccc, load_model, predict_test_trials, predict_trial, smooth,
-                                     train_fold)
+from vafusion.learning.data import Normalizer, load_trial, make_batch, open_trial, window_starts
+from vafusion.learning.train import (TrainConfig, drop_audio, fold_ccc, load_model, missing_frames, predict_test_trials,
+                                     predict_trial, smooth, train_fold)
 
 HP = LEARNING["cross_attention"]
 
@@ -227,3 +227,55 @@ def test_training_memory_does_not_grow_with_the_data(tmp_path):
     assert data_bytes[24] > 3.9 * data_bytes[6]
     assert peaks[24] < 1.2 * peaks[6], (peaks, data_bytes)
     assert peaks[24] < data_bytes[24] / 4, (peaks, data_bytes)
+
+
+def gates_by_loops(model, trial, cfg) -> np.ndarray:
+    """(T, 7) gate weights: each window run alone, its frames' G_a, G_v, G_av summed and
+    divided by how many windows cover the frame."""
+    total, count = np.zeros((trial.length, 7)), np.zeros(trial.length)
+    with torch.no_grad():
+        for start in window_starts(trial.length, cfg.window, cfg.hop):
+            batch = make_batch([(trial, start)], cfg.window)
+            _, gates = model(batch.streams, batch.padding, return_gates=True)
+            for k in range(min(cfg.window, trial.length - start)):
+                frame = start + k
+                total[frame] += np.concatenate([gates["audio"][0, k], gates["visual"][0, k], gates["fusion"][0, k]])
+                count[frame] += 1
+    return total / count[:, None]
+
+
+def test_iaca_gate_weights_are_recorded_per_frame_and_under_missing_audio(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    cfg = config(max_epochs=2, missing_audio={"shares": [0.0, 0.3, 0.6], "patterns": ["contiguous", "scattered"]})
+    metrics = train_fold("jca_iaca", HP, fold, paths, tmp_path / "run", cfg, silence=SILENCE, device="cpu")
+    model, normalizer, saved_cfg, _ = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
+    longest = metrics["missing_audio"]["longest_trial"]
+    with h5py.File(tmp_path / "run" / "val_predictions.h5") as h5:
+        for name in fold["validation"]:
+            gates = h5[name]["gates"][:]
+            assert list(h5[name]["gates"].attrs["columns"]) == ["G_a0", "G_a1", "G_v0", "G_v1", "G_av0", "G_av1", "G_av2"]
+            expected = gates_by_loops(model, normalizer.apply(load_trial(paths[name])), saved_cfg)
+            np.testing.assert_allclose(gates, expected, atol=1e-5)
+            for cols in ((0, 1), (2, 3), (4, 5, 6)):  # each gate is a softmax over its units
+                np.testing.assert_allclose(gates[:, cols].sum(axis=1), 1.0, atol=1e-5)
+        for pattern in ("contiguous", "scattered"):
+            per_share = metrics["missing_audio"][pattern]["gates"]
+            assert per_share["0"]["silenced"] is None and set(per_share) == {"0", "0.3", "0.6"}
+            pooled = {"silenced": [], "kept": []}
+            for name in fold["validation"]:
+                dropped = missing_frames(open_trial(paths[name]), 0.6, pattern, cfg.seed)
+                silenced = normalizer.apply(drop_audio(load_trial(paths[name]), dropped, SILENCE))
+                g = gates_by_loops(model, silenced, saved_cfg)
+                pooled["silenced"].append(g[dropped, 4:])
+                pooled["kept"].append(g[~dropped, 4:])
+                if name == longest:  # the longest trial's trace at the largest share
+                    np.testing.assert_array_equal(h5[longest][f"dropped_{pattern}"][:], dropped)
+                    np.testing.assert_allclose(h5[longest][f"gates_missing_audio_{pattern}"][:], g, atol=1e-5)
+            for part, frames in pooled.items():
+                np.testing.assert_allclose(per_share["0.6"][part], np.concatenate(frames).mean(axis=0), atol=1e-5)
+        assert not any(k.startswith("gates_missing_audio") for n in h5 for k in h5[n] if n != longest)
+
+    plain = train_fold("ca", HP, fold, paths, tmp_path / "plain", config(max_epochs=1), silence=SILENCE, device="cpu")
+    assert "gates" not in plain["missing_audio"]["contiguous"]
+    with h5py.File(tmp_path / "plain" / "val_predictions.h5") as h5:
+        assert all(set(h5[n]) == {"prediction", "label", "valid"} for n in h5)

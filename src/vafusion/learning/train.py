@@ -126,25 +126,51 @@ def drop_audio(trial: TrialData, dropped: np.ndarray, silence: dict[str, np.ndar
     return TrialData(trial.name, streams, trial.labels, trial.valid)
 
 
-@torch.inference_mode()
+# IACA's gate weights per frame, in the paper's symbols: stage 1 G_a, G_v (0: the modality's
+# own features, 1: its cross-attended ones), stage 2 G_av (audio, visual, joint).
+GATE_COLUMNS = ("G_a0", "G_a1", "G_v0", "G_v1", "G_av0", "G_av1", "G_av2")
+
+
+def has_gate(model: torch.nn.Module) -> bool:
+    return getattr(model, "gate", None) is not None
+
+
 def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, device: torch.device,
                   smoothing: int = 0) -> np.ndarray:
     """(T, 2) predictions: every overlapping window's output averaged per frame, then
     smoothed over ``smoothing`` frames (0: not)."""
+    return predict_trial_and_gates(model, trial, cfg, device, smoothing)[0]
+
+
+@torch.inference_mode()
+def predict_trial_and_gates(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, device: torch.device,
+                            smoothing: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """``predict_trial``'s predictions and, for a model with an IACA gate, its (T, 7) gate
+    weights (``GATE_COLUMNS``) averaged per frame over the windows like the predictions,
+    not smoothed; None for a model without gate."""
     model.eval()
-    total = np.zeros((trial.length, 2), np.float64)
+    gated = has_gate(model)
+    width = 2 + (len(GATE_COLUMNS) if gated else 0)
+    total = np.zeros((trial.length, width), np.float64)
     count = np.zeros((trial.length, 1), np.float64)
     starts = window_starts(trial.length, cfg.window, cfg.hop)
     for i in range(0, len(starts), cfg.batch_size):
         chunk = starts[i:i + cfg.batch_size]
         batch = make_batch([(trial, s) for s in chunk], cfg.window).to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = model(batch.streams, batch.padding).float().cpu().numpy()
+            if gated:
+                out, gates = model(batch.streams, batch.padding, return_gates=True)
+                out = torch.cat([out, gates["audio"], gates["visual"], gates["fusion"]], dim=-1)  # (B, L, 9)
+            else:
+                out = model(batch.streams, batch.padding)  # (B, L, 2)
+        out = out.float().cpu().numpy()
         for j, start in enumerate(chunk):
             n = min(cfg.window, trial.length - start)
             total[start:start + n] += out[j, :n]
             count[start:start + n] += 1
-    return smooth(total / count, smoothing).astype(np.float32)
+    mean = total / count
+    prediction = smooth(mean[:, :2], smoothing).astype(np.float32)
+    return prediction, (mean[:, 2:].astype(np.float32) if gated else None)
 
 
 def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData | StoredTrial]) -> dict[str, float]:
@@ -161,30 +187,56 @@ def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData | Stored
 
 
 def evaluate(model, trials: list[StoredTrial], cfg: TrainConfig, device, smoothing: int,
-             prepare) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Predict each trial and score the fold; ``prepare`` loads a trial as the model's
-    (normalised) input, one trial at a time, so only one is ever in memory."""
-    predictions = {t.name: predict_trial(model, prepare(t), cfg, device, smoothing) for t in trials}
-    return fold_ccc(predictions, trials), predictions
+             prepare) -> tuple[dict[str, float], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Predict each trial and score the fold: (scores, predictions, IACA gate weights; {}
+    without gate). ``prepare`` loads a trial as the model's (normalised) input, one trial at
+    a time, so only one is ever in memory."""
+    predictions, gates = {}, {}
+    for t in trials:
+        predictions[t.name], trial_gates = predict_trial_and_gates(model, prepare(t), cfg, device, smoothing)
+        if trial_gates is not None:
+            gates[t.name] = trial_gates
+    return fold_ccc(predictions, trials), predictions, gates
 
 
 def missing_audio_scores(model, val: list[StoredTrial], normalizer: Normalizer, silence: dict[str, np.ndarray],
-                         cfg: TrainConfig, device, smoothing: int) -> dict:
+                         cfg: TrainConfig, device, smoothing: int) -> tuple[dict, dict]:
     """Validation CCC with a share of the audio frames silenced, per pattern, over all
-    validation trials and over the longest one alone (the paper's one-video variant)."""
+    validation trials and over the longest one alone (the paper's one-video variant).
+
+    For a model with an IACA gate also: the mean stage-2 gate weights (G_av0..2: audio,
+    visual, joint) on the silenced and on the kept frames of all validation trials, per
+    share, and, as the second value, the longest trial's gate weights at the largest share
+    ({pattern: {"share", "dropped" (T,), "gates" (T, 7)}}), to show where the gate moves."""
     longest = max(val, key=lambda t: t.length, default=None)
     results: dict = {"longest_trial": longest.name if longest else None}
+    traces: dict = {}
     for pattern in cfg.missing_audio.patterns:
         results[pattern] = {"all_trials": {}, "longest_trial": {}}
         for share in cfg.missing_audio.shares:
-            def silenced(t: StoredTrial) -> TrialData:
-                return normalizer.apply(drop_audio(t.load(), missing_frames(t, share, pattern, cfg.seed), silence))
+            dropped = {t.name: missing_frames(t, share, pattern, cfg.seed) for t in val}
 
-            scores, predictions = evaluate(model, val, cfg, device, smoothing, silenced)
+            def silenced(t: StoredTrial) -> TrialData:
+                return normalizer.apply(drop_audio(t.load(), dropped[t.name], silence))
+
+            scores, predictions, gates = evaluate(model, val, cfg, device, smoothing, silenced)
             results[pattern]["all_trials"][f"{share:g}"] = scores
             if longest is not None:
                 results[pattern]["longest_trial"][f"{share:g}"] = fold_ccc(predictions, [longest])
-    return results
+            if gates:
+                results[pattern].setdefault("gates", {})[f"{share:g}"] = {
+                    part: mean_stage2_gates(gates, dropped, part == "silenced") for part in ("silenced", "kept")}
+                if longest is not None and share == max(cfg.missing_audio.shares):
+                    traces[pattern] = {"share": share, "dropped": dropped[longest.name], "gates": gates[longest.name]}
+    return results, traces
+
+
+def mean_stage2_gates(gates: dict[str, np.ndarray], frames: dict[str, np.ndarray], select: bool) -> list[float] | None:
+    """Mean G_av0..2 over the frames where ``frames[trial] == select``, all trials pooled;
+    None when there is no such frame."""
+    chosen = [g[frames[name] == select, 4:7] for name, g in gates.items()]
+    pooled = np.concatenate(chosen) if chosen else np.zeros((0, 3))
+    return pooled.mean(axis=0).tolist() if len(pooled) else None
 
 
 # --- training --------------------------------------------------------------------------------
@@ -293,7 +345,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         train_seconds = time.perf_counter() - started
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
-        scores, _ = evaluate(model, val, cfg, dev, smoothing, normalised)
+        scores, _, _ = evaluate(model, val, cfg, dev, smoothing, normalised)
         state.epoch += 1
         epochs_this_call += 1
         score = scores["ccc_mean"]
@@ -316,8 +368,9 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                         "torch_rng": torch.get_rng_state()}, tmp)
 
     model.load_state_dict(best_weights)
-    scores, predictions = evaluate(model, val, cfg, dev, smoothing, normalised)
-    robustness = {} if silence is None else missing_audio_scores(model, val, normalizer, silence, cfg, dev, smoothing)
+    scores, predictions, gates = evaluate(model, val, cfg, dev, smoothing, normalised)
+    robustness, gate_traces = ({}, {}) if silence is None else missing_audio_scores(
+        model, val, normalizer, silence, cfg, dev, smoothing)
     throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
     metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
                "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
@@ -325,13 +378,16 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                "n_valid_frames": {t: int(sum(v.valid[:, j].sum() for v in val)) for j, t in enumerate(("valence", "arousal"))},
                "missing_audio": robustness, "device": str(dev), "cuda_status": cuda_status()[1]}
     write_outputs(out_dir, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, state.history,
-                  predictions, val)
+                  predictions, val, gates, gate_traces, robustness.get("longest_trial"))
     checkpoint.unlink(missing_ok=True)
     return metrics
 
 
 def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, history,
-                  predictions, val) -> None:
+                  predictions, val, gates, gate_traces, longest) -> None:
+    """val_predictions.h5: a group per validation trial with ``prediction``, ``label``,
+    ``valid`` and, for an IACA model, ``gates`` (T, 7: GATE_COLUMNS); the longest trial's
+    group also has ``gates_missing_audio_<pattern>`` with its ``dropped_<pattern>`` frames."""
     with atomic_output(out_dir / "model.pt") as tmp:
         torch.save({"model_name": model_name, "hparams": hparams, "dims": dims, "state_dict": model.state_dict(),
                     "normalizer": normalizer.state(), "train_config": asdict(cfg), "fold": fold["fold"],
@@ -346,6 +402,14 @@ def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, c
             group["prediction"] = predictions[trial.name]
             group["label"] = trial.labels
             group["valid"] = trial.valid
+            if trial.name in gates:
+                group["gates"] = gates[trial.name]
+                group["gates"].attrs["columns"] = list(GATE_COLUMNS)
+            if trial.name == longest:
+                for pattern, trace in gate_traces.items():
+                    group[f"gates_missing_audio_{pattern}"] = trace["gates"]
+                    group[f"gates_missing_audio_{pattern}"].attrs["share"] = trace["share"]
+                    group[f"dropped_{pattern}"] = trace["dropped"]
     with atomic_output(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
 
