@@ -16,6 +16,9 @@ include: "workflow/rules/features.smk"
 include: "workflow/rules/learning.smk"
 
 
+report: report_front_page()
+
+
 # Jobs of a few seconds run where Snakemake runs, also on a cluster: a SLURM job of its own
 # would cost more in queueing and status polls than the work. Every other rule's resources
 # (threads = cpus_per_task, mem_mb, runtime in minutes, gpu) are sized in the rule for
@@ -24,6 +27,9 @@ localrules:
     read_annotation,
     align_trial,
     make_folds,
+    plot_model,
+    plot_gates,
+    plot_missing_audio,
     report,
 
 

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import statistics
 
-from vafusion.learning.report import summary_markdown
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from vafusion.learning.report import summary_markdown, write_reports
+from vafusion.learning.results import load_runs, per_trial_ccc
 
 
 def row(model, fold, v, a, missing=None):
@@ -42,33 +51,103 @@ def test_summary_has_mean_std_best_fold_iaca_pairs_and_missing_audio_per_target(
     assert f"| rjca | 0.400 / 0.400 | {at_half[0]:.3f} / {at_half[1]:.3f} |" in lines
 
 
-def test_html_report_has_real_tables_and_says_random_init_in_red(tmp_path):
-    import json
-
-    import h5py
-    import numpy as np
-
-    from vafusion.learning.report import write_reports
-
+def fake_runs(tmp_path, specs):
+    """metrics.json, history.csv and val_predictions.h5 per (model, fold, v, a, trials) spec;
+    ``trials``: {name: (prediction (T, 2), label (T, 2), valid (T, 2))}."""
     files = {"metrics": [], "history": [], "predictions": []}
-    for model, fold, v, a in (("jca", 0, 0.5, 0.7), ("jca", 1, 0.3, 0.1)):
+    for model, fold, v, a, trials in specs:
         run = tmp_path / model / f"fold{fold}"
         run.mkdir(parents=True)
-        (run / "metrics.json").write_text(json.dumps({**row(model, fold, v, a), "device": "cpu",
-                                                      "cuda_status": "no NVIDIA GPU driver on this machine"}))
+        (run / "metrics.json").write_text(json.dumps({**row(model, fold, v, a), "device": "cpu", "best_epoch": 2,
+                                                      "cuda_status": "no NVIDIA GPU driver on this machine",
+                                                      "n_valid_frames": {"valence": 20, "arousal": 20}}))
         (run / "history.csv").write_text("epoch,train_loss,val_ccc_mean,lr\n1,1.0,0.3,0.001\n2,0.8,0.4,0.0005\n")
         with h5py.File(run / "val_predictions.h5", "w") as h5:
-            g = h5.create_group("t")
-            g["prediction"], g["label"] = np.zeros((20, 2), np.float32), np.ones((20, 2), np.float32)
-            g["valid"] = np.ones((20, 2), bool)
+            for name, (prediction, label, valid) in trials.items():
+                g = h5.create_group(name)
+                g["prediction"], g["label"], g["valid"] = prediction, label, valid
         for kind, name in (("metrics", "metrics.json"), ("history", "history.csv"), ("predictions", "val_predictions.h5")):
             files[kind].append(run / name)
-    out = {k: tmp_path / f"report.{k}" for k in ("csv", "md", "html")}
-    write_reports(files["metrics"], files["history"], files["predictions"], out["csv"], out["md"], out["html"],
-                  weights={"iresnet50": None, "vggish": "/models/vggish.pth", "vggish_pca": None})
+    return files
+
+
+def test_ccc_per_trial_is_each_trial_on_its_own(tmp_path):
+    rng = np.random.default_rng(0)
+    trials = {}
+    for name, length in (("a", 30), ("b", 50), ("c", 8)):
+        label = rng.uniform(-1, 1, (length, 2)).astype(np.float32)
+        prediction = (0.6 * label + 0.3 * rng.normal(size=(length, 2))).astype(np.float32)
+        valid = np.ones((length, 2), bool)
+        valid[:5, 0] = False  # -5 rows of valence
+        trials[name] = (prediction, label, valid)
+    trials["c"][2][:, 1] = False  # no arousal annotated at all: NaN, not an error
+    files = fake_runs(tmp_path, [("jca", 0, 0.5, 0.5, trials)])
+    rows = per_trial_ccc(load_runs(files["metrics"], files["history"], files["predictions"]))
+    assert [r["trial"] for r in rows] == ["a", "b", "c"]
+    for r in rows:
+        prediction, label, valid = trials[r["trial"]]
+        for j, target in enumerate(("valence", "arousal")):
+            x = [float(p) for p, ok in zip(prediction[:, j], valid[:, j]) if ok]
+            y = [float(t) for t, ok in zip(label[:, j], valid[:, j]) if ok]
+            assert r[f"frames_{target}"] == len(x)
+            if not x:
+                assert math.isnan(r[f"ccc_{target}"])
+                continue
+            mx, my = sum(x) / len(x), sum(y) / len(y)
+            cov = sum((a - mx) * (b - my) for a, b in zip(x, y)) / len(x)
+            vx, vy = sum((a - mx) ** 2 for a in x) / len(x), sum((b - my) ** 2 for b in y) / len(y)
+            assert r[f"ccc_{target}"] == pytest.approx(2 * cov / (vx + vy + (mx - my) ** 2), abs=1e-6)
+
+
+def write_fake_reports(tmp_path, weights, config):
+    from vafusion.learning.figures import model_figures
+
+    length = 20
+    trial = {"t": (np.linspace(-0.5, 0.5, 2 * length, dtype=np.float32).reshape(length, 2),
+                   np.ones((length, 2), np.float32), np.ones((length, 2), bool))}
+    files = fake_runs(tmp_path, [("jca", 0, 0.5, 0.7, trial), ("jca", 1, 0.3, 0.1, trial)])
+    figures = {name: tmp_path / "jca" / f"{name}.png" for name in ("training_curves", "ccc_per_trial", "scatter",
+                                                                   "traces")}
+    model_figures(load_runs(files["metrics"], files["history"], files["predictions"]),
+                  {**figures, "ccc_per_trial_csv": tmp_path / "jca" / "ccc_per_trial.csv"})
+    out = {k: tmp_path / name for k, name in (("ccc", "ccc.csv"), ("summary", "summary.md"), ("html", "report.html"),
+                                              ("ccc_per_fold", "ccc_per_fold.png"), ("provenance", "provenance.rst"),
+                                              ("config", "config.yaml"))}
+    write_reports(files["metrics"], out, figures=list(figures.values()), weights=weights, config=config,
+                  counts={"videos": 3, "train trials": 2, "validation trials": 1, "test trials": 0})
+    return out
+
+
+def test_html_report_has_real_tables_every_figure_and_says_random_init_in_red(tmp_path):
+    weights_file = tmp_path / "vggish.pth"
+    weights_file.write_bytes(b"not really a network, but bytes with a known sha256")
+    config = {"features": {"random_init_seed": 7, "vggish": {"pca": False}}, "learning": {"models": ["jca"]}}
+    out = write_fake_reports(tmp_path, {"iresnet50": None, "vggish": str(weights_file), "vggish_pca": None}, config)
     page = out["html"].read_text()
     assert "<pre>" not in page and "|---|" not in page
     assert "<tr><td>jca</td><td>2</td><td>0.400 ± 0.100</td>" in page
-    assert page.count("<b style='color:#c00'>RANDOM-INIT</b>") == 1 and "/models/vggish.pth" in page
+    assert page.count("<b style='color:#c00'>RANDOM-INIT (seed 7)") == 1
+    assert f"{weights_file}, sha256 {hashlib.sha256(weights_file.read_bytes()).hexdigest()}" in page
     assert "vggish_pca: not used" in page
     assert "training device: cpu: no NVIDIA GPU driver on this machine" in page
+    assert "3 videos, 2 train trials, 1 validation trials, 0 test trials" in page
+    assert page.count("data:image/png;base64,") == 5  # CCC per fold + the model's four figures
+    assert "<h2>jca: predicted against annotated, every validation frame</h2>" in page
+
+
+def test_provenance_page_renders_as_snakemake_renders_it_with_random_init_in_red(tmp_path):
+    """The first page of `snakemake --report`: Jinja first, then docutils, as Snakemake does."""
+    from docutils.core import publish_parts
+    from jinja2 import Environment
+
+    config = {"features": {"random_init_seed": 0, "vggish": {"pca": True}}}
+    weights = tmp_path / "{{w}}_*x*.pth"  # shown as it is, not as Jinja or rst markup
+    weights.write_bytes(b"0")
+    out = write_fake_reports(tmp_path, {"iresnet50": str(weights), "vggish": None, "vggish_pca": None}, config)
+    source = out["provenance"].read_text()
+    body = publish_parts(Environment().from_string(source).render(), writer="html")["html_body"]
+    assert body.count('<b style="color:#c00">RANDOM-INIT (seed 0)') == 2  # vggish_pca is used here
+    assert f"{weights}, sha256 {hashlib.sha256(b'0').hexdigest()}" in body
+    assert "Provenance of this run" in body and "system_message" not in body  # no rst error
+    assert yaml.safe_load(out["config"].read_text()) == config
+    assert "torch " in body and "Python " in body

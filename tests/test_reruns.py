@@ -23,10 +23,14 @@ pytestmark = pytest.mark.e2e
 
 
 def learning_jobs(config: dict, models=None) -> set[str]:
-    """Every training, the test predictions, the report and the final target."""
+    """Every training of ``models``, their test predictions and figures, the cross-model
+    figures, the report and the final target."""
     models = config["learning"]["models"] if models is None else models
+    patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     return ({f"train_model[model={m}, fold={k}]" for m in models for k in range(config["learning"]["n_folds"])}
-            | jobs_of("predict_test", "model", models) | {"report", "all"})
+            | jobs_of("predict_test", "model", models) | jobs_of("plot_model", "model", models)
+            | jobs_of("plot_gates", "model", [m for m in models if m.endswith("_iaca")])
+            | jobs_of("plot_missing_audio", "pattern", patterns) | {"report", "all"})
 
 
 def copy_config(config: dict) -> dict:

@@ -7,6 +7,7 @@ partial output. What reruns after a change is in test_reruns.py, SLURM in test_c
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -155,7 +156,12 @@ def test_learning_outputs_and_reports(demo_run):
     for pattern in patterns:  # one table per pattern and scope: all validation trials, the longest one
         assert summary.count(f"## Missing audio ({pattern} frames replaced by silence)") == 2
     page = (results / "reports" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 + len(patterns)  # + one missing-audio figure per pattern
+    iaca = [m for m in models if m.endswith("_iaca")]  # + their two gate figures
+    assert page.count("data:image/png;base64,") == 1 + len(patterns) + 4 * len(models) + 2 * len(iaca)
+    for model in models:  # CCC per validation trial: each trial once, in the fold that validates it
+        with open(results / "reports" / model / "ccc_per_trial.csv", newline="") as fh:
+            per_trial = list(csv.DictReader(fh))
+        assert sorted(r["trial"] for r in per_trial) == sorted(t for f in folds["folds"] for t in f["validation"])
     for model in models:
         for name, trial in ds.trials.items():
             if trial.partition != "test":

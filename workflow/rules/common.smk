@@ -31,6 +31,7 @@ if problems := settings_problems(config["learning"]):
 
 VIDEOS = DATASET.used_videos
 TRIALS = DATASET.trials
+DATA_COUNTS = {"videos": len(VIDEOS), **{f"{p} trials": len(DATASET.partition(p)) for p in ("train", "validation", "test")}}
 ANNOTATED = [name for name, t in TRIALS.items() if t.annotation is not None]
 
 
@@ -130,6 +131,38 @@ def run_files(name):
     return expand(f"{OUT}/models/{{model}}/fold{{fold}}/{name}", model=MODELS, fold=FOLDS)
 
 
+def model_run_files(name):
+    """Input function: one model's file ``name`` of every fold."""
+    return lambda wildcards: expand(f"{OUT}/models/{wildcards.model}/fold{{fold}}/{name}", fold=FOLDS)
+
+
+# rule report's outputs; all of them are targets, so that `snakemake --report` finds every flagged file
+REPORT_FILES = ("ccc.csv", "summary.md", "ccc_per_fold.png", "config.yaml", "provenance.rst", "report.html")
+MODEL_FIGURES = ("training_curves", "ccc_per_trial", "scatter", "traces")
+GATE_FIGURES = ("gates_over_time", "gates_missing_audio")
+MISSING_AUDIO_PATTERNS = config["learning"]["train"]["missing_audio"]["patterns"]
+
+
+def model_figure_files():
+    """Every model's figures (rule plot_model), and the IACA models' gate figures (plot_gates)."""
+    files = []
+    for model in MODELS:
+        names = MODEL_FIGURES + (GATE_FIGURES if model.endswith("_iaca") else ())
+        files += [f"{OUT}/reports/{model}/{name}.png" for name in names]
+    return files
+
+
+def missing_audio_figure_files():
+    return expand(f"{OUT}/reports/missing_audio_{{pattern}}.png", pattern=MISSING_AUDIO_PATTERNS)
+
+
+def report_front_page():
+    """The first page of `snakemake --report`: the run's provenance once rule report has
+    written it, before that a description of the workflow."""
+    written = Path(OUT, "reports", "provenance.rst").resolve()
+    return str(written) if written.exists() else "workflow/report/workflow.rst"
+
+
 def fold_models(wildcards):
     """The fold models that predict the test trials: this run's, or learning.trained_run's."""
     if TRAINED_RUN is not None:
@@ -145,6 +178,8 @@ def learning_outputs():
     if TRAINED_RUN is not None:  # prediction only
         return prediction_outputs()
     return (
-        [f"{OUT}/reports/ccc.csv", f"{OUT}/reports/summary.md", f"{OUT}/reports/report.html"]
+        [f"{OUT}/reports/{name}" for name in REPORT_FILES]
+        + model_figure_files()
+        + missing_audio_figure_files()
         + prediction_outputs()
     )

@@ -95,17 +95,155 @@ rule predict_test:
         "../scripts/predict_test.py"
 
 
+rule plot_model:
+    input:
+        metrics=model_run_files("metrics.json"),
+        history=model_run_files("history.csv"),
+        predictions=model_run_files("val_predictions.h5"),
+    output:
+        training_curves=report(
+            f"{OUT}/reports/{{model}}/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="2 Training",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "training curves"},
+        ),
+        ccc_per_trial_csv=report(
+            f"{OUT}/reports/{{model}}/ccc_per_trial.csv",
+            caption="../report/ccc_per_trial_csv.rst",
+            category="3 Validation",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "CCC per trial (table)"},
+        ),
+        ccc_per_trial=report(
+            f"{OUT}/reports/{{model}}/ccc_per_trial.png",
+            caption="../report/ccc_per_trial.rst",
+            category="3 Validation",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "CCC per trial"},
+        ),
+        scatter=report(
+            f"{OUT}/reports/{{model}}/scatter.png",
+            caption="../report/scatter.rst",
+            category="3 Validation",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "predicted vs annotated"},
+        ),
+        traces=report(
+            f"{OUT}/reports/{{model}}/traces.png",
+            caption="../report/traces.rst",
+            category="3 Validation",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "traces, best fold"},
+        ),
+    log:
+        f"{OUT}/logs/plot_model/{{model}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/plot_model.py"
+
+
+rule plot_gates:
+    input:
+        metrics=model_run_files("metrics.json"),
+        history=model_run_files("history.csv"),
+        predictions=model_run_files("val_predictions.h5"),
+    output:
+        gates_over_time=report(
+            f"{OUT}/reports/{{model}}/gates_over_time.png",
+            caption="../report/gates_over_time.rst",
+            category="4 Missing audio",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "IACA gates over time"},
+        ),
+        gates_missing_audio=report(
+            f"{OUT}/reports/{{model}}/gates_missing_audio.png",
+            caption="../report/gates_missing_audio.rst",
+            category="4 Missing audio",
+            subcategory="{model}",
+            labels={"model": "{model}", "figure": "IACA gates under missing audio"},
+        ),
+    log:
+        f"{OUT}/logs/plot_gates/{{model}}.log",
+    wildcard_constraints:
+        model="[a-z]+_iaca",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/plot_model.py"
+
+
+rule plot_missing_audio:
+    input:
+        metrics=run_files("metrics.json"),
+    output:
+        figure=report(
+            f"{OUT}/reports/missing_audio_{{pattern}}.png",
+            caption="../report/missing_audio.rst",
+            category="4 Missing audio",
+            subcategory="all models",
+            labels={"figure": "CCC, {pattern} frames silenced"},
+        ),
+    log:
+        f"{OUT}/logs/plot_missing_audio/{{pattern}}.log",
+    wildcard_constraints:
+        pattern="contiguous|scattered",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/plot_missing_audio.py"
+
+
 rule report:
     input:
         metrics=run_files("metrics.json"),
-        history=run_files("history.csv"),
-        predictions=run_files("val_predictions.h5"),
+        figures=model_figure_files(),
+        missing_audio=missing_audio_figure_files(),
     output:
-        ccc=f"{OUT}/reports/ccc.csv",
-        summary=f"{OUT}/reports/summary.md",
+        ccc=report(
+            f"{OUT}/reports/ccc.csv",
+            caption="../report/ccc.rst",
+            category="1 Summary",
+            labels={"figure": "CCC per model and fold (table)"},
+        ),
+        summary=report(
+            f"{OUT}/reports/summary.md",
+            caption="../report/summary.rst",
+            category="1 Summary",
+            labels={"figure": "summary tables"},
+        ),
+        ccc_per_fold=report(
+            f"{OUT}/reports/ccc_per_fold.png",
+            caption="../report/ccc_per_fold.rst",
+            category="1 Summary",
+            labels={"figure": "CCC per fold"},
+        ),
+        config=report(
+            f"{OUT}/reports/config.yaml",
+            caption="../report/config.rst",
+            category="1 Summary",
+            labels={"figure": "effective configuration"},
+        ),
         html=f"{OUT}/reports/report.html",
+        # the first page of `snakemake --report` (Snakefile: report:)
+        provenance=f"{OUT}/reports/provenance.rst",
     params:
         weights=config["weights"],
+        config=config,
+        counts=DATA_COUNTS,
     log:
         f"{OUT}/logs/report.log",
     threads: 1

@@ -1,4 +1,4 @@
-# Snakemake adapter: every run's metrics, curves and predictions -> reports (vafusion.learning.report).
+# Snakemake adapter: every run's metrics and figures -> tables, provenance, report.html (vafusion.learning.report).
 import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
@@ -9,10 +9,10 @@ from vafusion.learning.report import write_reports
 with job_logging(snakemake.log[0], "report"):
     write_reports(
         list(snakemake.input.metrics),
-        list(snakemake.input.history),
-        list(snakemake.input.predictions),
-        snakemake.output.ccc,
-        snakemake.output.summary,
-        snakemake.output.html,
+        dict(snakemake.output.items()),
+        figures=list(snakemake.input.figures),
+        missing_audio_figures=list(snakemake.input.missing_audio),
         weights=dict(snakemake.params.weights),
+        config=dict(snakemake.params.config),
+        counts=dict(snakemake.params.counts),
     )

@@ -1,37 +1,27 @@
-"""Reports: CCC per fold, model and target as CSV, a Markdown summary, and one
-self-contained HTML page with the plots (PNG embedded as base64)."""
+"""Reports: CCC per fold, model and target as CSV, a Markdown summary, the provenance of
+the run (the first page of ``snakemake --report``, as reStructuredText) and one
+self-contained HTML page with the same provenance, the tables and every figure (PNG
+embedded as base64)."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import html
-import io
-import json
 import math
-import warnings
+import platform
+import sys
+from importlib import metadata
 from pathlib import Path
 
-import h5py
-import matplotlib
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
+from vafusion.learning.results import TARGETS, MISSING_SCOPES, load_metrics, missing_audio_curve, missing_audio_patterns, stats
+from vafusion.weights import sha256sum
 
-TARGETS = ("valence", "arousal")
 COLUMNS = ("model", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
-
-
-def load_metrics(paths: list[str | Path]) -> list[dict]:
-    rows = [json.loads(Path(p).read_text()) for p in paths]
-    return sorted(rows, key=lambda r: (r["model"], r["fold"]))
-
-
-def _stats(values: list[float]) -> tuple[float, float]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN: reported as NaN
-        return float(np.nanmean(values)), float(np.nanstd(values))
+PACKAGES = ("vafusion", "torch", "torchaudio", "torchvision", "numpy", "h5py", "snakemake")
 
 
 def _fmt(mean: float, std: float | None = None) -> str:
@@ -56,14 +46,14 @@ def summary_markdown(rows: list[dict]) -> str:
     means = {}
     for m in models:
         mine = [r for r in rows if r["model"] == m]
-        stats = {c: _stats([r[c] for r in mine]) for c in COLUMNS[2:]}
-        means[m] = stats
+        scores = {c: stats([r[c] for r in mine]) for c in COLUMNS[2:]}
+        means[m] = scores
         scored = [r for r in mine if not math.isnan(r["ccc_mean"])]
         best = max(scored, key=lambda r: r["ccc_mean"]) if scored else None
         best_txt = f"{best['fold']} ({best['ccc_mean']:.3f})" if best else "-"
-        speed = _stats([r.get("windows_per_s", math.nan) for r in mine])[0]
-        lines.append(f"| {m} | {len(mine)} | {_fmt(*stats['ccc_valence'])} | {_fmt(*stats['ccc_arousal'])} | "
-                     f"{_fmt(*stats['ccc_mean'])} | {best_txt} | {speed:.1f} |")
+        speed = stats([r.get("windows_per_s", math.nan) for r in mine])[0]
+        lines.append(f"| {m} | {len(mine)} | {_fmt(*scores['ccc_valence'])} | {_fmt(*scores['ccc_arousal'])} | "
+                     f"{_fmt(*scores['ccc_mean'])} | {best_txt} | {speed:.1f} |")
     pairs = [(m, f"{m}_iaca") for m in ("ca", "jca", "rjca", "tca") if m in models and f"{m}_iaca" in models]
     if pairs:
         lines += ["", "## With and without the IACA gate", "",
@@ -74,83 +64,6 @@ def summary_markdown(rows: list[dict]) -> str:
                 lines.append(f"| {base} | {c.removeprefix('ccc_')} | {_fmt(a)} | {_fmt(b)} | {b - a:+.3f} |")
     lines += missing_audio_markdown(rows)
     return "\n".join(lines) + "\n"
-
-
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def plot_ccc_per_fold(rows: list[dict]) -> str:
-    models = sorted({r["model"] for r in rows})
-    folds = sorted({r["fold"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), sharey=True)
-    width = 0.8 / max(1, len(models))
-    for ax, target in zip(axes, TARGETS):
-        for i, m in enumerate(models):
-            values = [next((r[f"ccc_{target}"] for r in rows if r["model"] == m and r["fold"] == f), np.nan) for f in folds]
-            ax.bar(np.array(folds) + i * width - 0.4 + width / 2, values, width, label=m)
-        ax.set_title(f"validation CCC, {target}")
-        ax.set_xlabel("fold")
-        ax.set_xticks(folds)
-        ax.axhline(0, color="black", linewidth=0.5)
-    axes[0].set_ylabel("CCC")
-    axes[1].legend(fontsize=7, ncol=2)
-    return _png(fig)
-
-
-def plot_traces(prediction_file: str | Path, title: str, max_trials: int = 3) -> str:
-    with h5py.File(prediction_file) as h5:
-        names = sorted(h5)[:max_trials]
-        fig, axes = plt.subplots(len(names), 2, figsize=(12, 2.2 * len(names)), squeeze=False)
-        for row, name in enumerate(names):
-            pred, label, valid = h5[name]["prediction"][:], h5[name]["label"][:], h5[name]["valid"][:]
-            for j, target in enumerate(TARGETS):
-                ax = axes[row, j]
-                truth = np.where(valid[:, j], label[:, j], np.nan)  # -5 frames are gaps
-                ax.plot(truth, color="black", label="annotation")
-                ax.plot(pred[:, j], color="tab:red", label="prediction")
-                ax.set_ylim(-1.05, 1.05)
-                ax.set_title(f"{name}: {target}", fontsize=9)
-        axes[0, 1].legend(fontsize=7)
-        fig.suptitle(title)
-        fig.tight_layout()
-    return _png(fig)
-
-
-def plot_training_curves(histories: dict[tuple[str, int], list[dict]]) -> str:
-    models = sorted({m for m, _ in histories})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    for (m, fold), rows in sorted(histories.items()):
-        epochs = [int(r["epoch"]) for r in rows]
-        label = m if fold == min(f for mm, f in histories if mm == m) else None
-        axes[0].plot(epochs, [float(r["train_loss"]) for r in rows], color=colors[m], alpha=0.6, label=label)
-        axes[1].plot(epochs, [float(r["val_ccc_mean"]) for r in rows], color=colors[m], alpha=0.6, label=label)
-    axes[0].set_title("training loss (2 - CCC_v - CCC_a), one line per fold")
-    axes[1].set_title("validation mean CCC, one line per fold")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-    axes[1].legend(fontsize=7)
-    return _png(fig)
-
-
-MISSING_SCOPES = (("all_trials", "all validation trials"), ("longest_trial", "longest validation trial"))
-
-
-def missing_audio_patterns(rows: list[dict]) -> list[str]:
-    return [p for p in ("contiguous", "scattered") if any(p in r.get("missing_audio", {}) for r in rows)]
-
-
-def missing_audio_curve(rows: list[dict], model: str, pattern: str, scope: str,
-                        target: str) -> tuple[list[float], list[float]]:
-    """(shares, CCC of ``target`` averaged over the model's folds) for one pattern and scope."""
-    mine = [r["missing_audio"][pattern][scope] for r in rows
-            if r["model"] == model and pattern in r.get("missing_audio", {})]
-    shares = list(mine[0]) if mine else []
-    return [float(s) for s in shares], [_stats([m[s][f"ccc_{target}"] for m in mine])[0] for s in shares]
 
 
 def missing_audio_markdown(rows: list[dict]) -> list[str]:
@@ -169,31 +82,6 @@ def missing_audio_markdown(rows: list[dict]) -> list[str]:
                 cells = [f"{_fmt(v)} / {_fmt(a)}" for v, a in zip(*curves)]
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
-
-
-def plot_missing_audio(rows: list[dict], pattern: str) -> str:
-    """CCC per target against the share of silenced audio frames, over all validation
-    trials (top) and the longest one (bottom, the paper's one-video variant); the paper's
-    comparison, RJCA against RJCA + IACA, in bold."""
-    models = sorted({r["model"] for r in rows if pattern in r.get("missing_audio", {})})
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
-    for row, (scope, scope_name) in enumerate(MISSING_SCOPES):
-        for col, target in enumerate(TARGETS):
-            ax = axes[row, col]
-            for m in models:
-                shares, values = missing_audio_curve(rows, m, pattern, scope, target)
-                paper = m in ("rjca", "rjca_iaca")
-                ax.plot([s * 100 for s in shares], values, marker="o", color=colors[m], label=m,
-                        linewidth=2.5 if paper else 1.0, alpha=1.0 if paper else 0.6)
-            ax.set_title(f"{target}, {scope_name}", fontsize=10)
-            ax.set_ylabel("CCC (mean over folds)")
-            ax.axhline(0, color="black", linewidth=0.5)
-    for ax in axes[1]:
-        ax.set_xlabel(f"audio frames replaced by silence ({pattern}), %")
-    axes[0, 1].legend(fontsize=7)
-    fig.tight_layout()
-    return _png(fig)
 
 
 def markdown_to_html(markdown: str) -> str:
@@ -223,58 +111,110 @@ def markdown_to_html(markdown: str) -> str:
     return "\n".join(out)
 
 
-def provenance_html(weights: dict[str, str | None], rows: list[dict]) -> str:
-    """What the figures stand on: each network's weights (RANDOM-INIT in red when none was
-    given), the devices the runs used and why, package versions, counts."""
-    import torch
+# --- provenance --------------------------------------------------------------------------------
 
-    import vafusion
-
+def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, int],
+               rows: list[dict]) -> list[tuple[str, str, bool]]:
+    """What the figures stand on, as (label, text, alarm) lines: each network's weights file
+    and sha256, or RANDOM-INIT (alarm); the devices the trainings ran on and why (alarm when
+    a GPU was there but unusable); package versions; data and run counts."""
     items = []
+    pca = config.get("features", {}).get("vggish", {}).get("pca", False)
     for network, path in weights.items():
-        if path is None and network == "vggish_pca":
-            items.append("<li>vggish_pca: not used (features.vggish.pca: false)</li>")
+        if path is None and network == "vggish_pca" and not pca:
+            items.append((network, "not used (features.vggish.pca: false)", False))
         elif path is None:
-            items.append(f"<li>{html.escape(network)}: <b style='color:#c00'>RANDOM-INIT</b> (no weights file: "
-                         "these features are not pretrained embeddings)</li>")
+            seed = config.get("features", {}).get("random_init_seed")
+            items.append((network, f"RANDOM-INIT (seed {seed}): no weights file, these features are not "
+                                   "pretrained embeddings", True))
+        elif not Path(path).is_file():
+            items.append((network, f"{path}: not found now (the feature files record what was used)", True))
         else:
-            items.append(f"<li>{html.escape(network)}: {html.escape(str(path))} (sha256 in each feature file)</li>")
-    devices = sorted({": ".join(filter(None, (r.get("device", "?"), r.get("cuda_status")))) for r in rows})
-    items += [f"<li>training device: {html.escape(d)}</li>" for d in devices]
-    items.append(f"<li>vafusion {html.escape(vafusion.__version__)}, torch {html.escape(torch.__version__)}</li>")
+            items.append((network, f"{path}, sha256 {sha256sum(path)}", False))
+    for device, why in sorted({(r.get("device", "?"), r.get("cuda_status") or "") for r in rows}):
+        items.append(("training device", f"{device}: {why}" if why else device, why.startswith("an NVIDIA driver")))
+    versions = [f"Python {platform.python_version()}"] + [f"{p} {_version(p)}" for p in PACKAGES]
+    items.append(("versions", ", ".join(versions), False))
+    items.append(("data", ", ".join(f"{n} {k}" for k, n in counts.items()), False))
+    frames = {t: sum(r.get("n_valid_frames", {}).get(t, 0) for r in rows if r["model"] == rows[0]["model"])
+              for t in TARGETS} if rows else {}
+    items.append(("validated frames, all folds", ", ".join(f"{t} {n}" for t, n in frames.items()), False))
     models = sorted({r["model"] for r in rows})
-    items.append(f"<li>{len(models)} models x {len({r['fold'] for r in rows})} folds = {len(rows)} runs</li>")
-    return "<h2>Provenance</h2><ul>" + "".join(items) + "</ul>"
+    items.append(("runs", f"{len(models)} models ({', '.join(models)}) x {len({r['fold'] for r in rows})} folds "
+                          f"= {len(rows)} trainings", False))
+    return items
 
 
-def write_reports(metrics_files: list[str | Path], history_files: list[str | Path],
-                  prediction_files: list[str | Path], out_csv: str | Path, out_md: str | Path,
-                  out_html: str | Path, weights: dict[str, str | None] | None = None) -> None:
-    """``history_files`` and ``prediction_files`` are parallel to ``metrics_files``;
-    ``weights``: config.yaml's weights section (None: not known)."""
+def _version(package: str) -> str:
+    if package == "vafusion" and "vafusion" in sys.modules:
+        return sys.modules["vafusion"].__version__
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance_rst(items: list[tuple[str, str, bool]]) -> str:
+    """The first page of ``snakemake --report``: the provenance, RANDOM-INIT in red. It is
+    kept short: the report centres this page vertically and cuts off what overflows the
+    top. Snakemake renders it with Jinja, so it is marked raw."""
+    lines = ["{% raw %}", ".. role:: alarm(raw)", "   :format: html", "",
+             "vafusion: valence/arousal from talking faces", "============================================", "",
+             "Provenance of this run", "----------------------", ""]
+    for label, text, alarm in items:
+        shown = f":alarm:`<b style=\"color:#c00\">{html.escape(text)}</b>`" if alarm else _rst_text(text)
+        lines.append(f"- **{label}**: {shown}")
+    lines += ["", "Figures and tables: the menu's categories (1 Summary, 2 Training, 3 Validation, 4 Missing audio);",
+              "the effective configuration, with any --config/--configfile overrides, is config.yaml in 1 Summary.",
+              "{% endraw %}", ""]
+    return "\n".join(lines)
+
+
+def _rst_text(text: str) -> str:
+    """Plain text safe inside an rst paragraph (no markup characters left active)."""
+    return "".join("\\" + c if c in "*`_|\\[]<>" else c for c in text)
+
+
+def provenance_html(items: list[tuple[str, str, bool]]) -> str:
+    lines = [f"<li>{html.escape(label)}: " + (f"<b style='color:#c00'>{html.escape(text)}</b>" if alarm
+                                              else html.escape(text)) + "</li>" for label, text, alarm in items]
+    return "<h2>Provenance</h2><ul>" + "".join(lines) + "</ul>"
+
+
+# --- the reports -------------------------------------------------------------------------------
+
+def figure_title(path: str | Path) -> str:
+    """'<model>: <what it shows>' for a per-model figure (reports/<model>/<stem>.png)."""
+    path = Path(path)
+    return f"{path.parent.name}: {MODEL_FIGURES.get(path.stem, path.stem)}"
+
+
+def write_reports(metrics_files: list[str | Path], out: dict[str, str | Path], *,
+                  figures: list[str | Path] = (), missing_audio_figures: list[str | Path] = (),
+                  weights: dict[str, str | None] | None = None, config: dict | None = None,
+                  counts: dict[str, int] | None = None) -> None:
+    """``out``: paths for "ccc" (CSV), "summary" (Markdown), "ccc_per_fold" (PNG), "html",
+    "provenance" (rst) and "config" (the effective configuration, YAML). ``figures``: the
+    per-model figure files, embedded in the HTML after the summary;
+    ``missing_audio_figures``: one per pattern."""
     rows = load_metrics(metrics_files)
-    write_ccc_csv(rows, out_csv)
+    write_ccc_csv(rows, out["ccc"])
     markdown = summary_markdown(rows)
-    Path(out_md).write_text(markdown)
-    by_run = {}
-    for metrics, history, preds in zip(metrics_files, history_files, prediction_files):
-        info = json.loads(Path(metrics).read_text())
-        with open(history, newline="") as fh:
-            by_run[(info["model"], info["fold"])] = (list(csv.DictReader(fh)), preds, info)
-    best = max((r for r in rows if not math.isnan(r["ccc_mean"])), key=lambda r: r["ccc_mean"], default=rows[0])
-    figures = [
-        ("CCC per fold and model", plot_ccc_per_fold(rows)),
-        (f"Predicted vs annotated, {best['model']} fold {best['fold']} (best run)",
-         plot_traces(by_run[(best["model"], best["fold"])][1], f"{best['model']}, fold {best['fold']}")),
-        ("Training curves", plot_training_curves({k: v[0] for k, v in by_run.items()})),
-    ] + [(f"Missing audio, {pattern} frames: RJCA vs RJCA + IACA (Praveen & Alam, Fig. 3)",
-          plot_missing_audio(rows, pattern)) for pattern in missing_audio_patterns(rows)]
-    body = [f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>" for title, data in figures]
-    head = provenance_html(weights, rows) if weights is not None else ""
+    Path(out["summary"]).write_text(markdown)
+    plot_ccc_per_fold(rows, out["ccc_per_fold"])
+    items = provenance(weights or {}, config or {}, counts or {}, rows)
+    Path(out["provenance"]).write_text(provenance_rst(items))
+    Path(out["config"]).write_text(yaml.safe_dump(config or {}, sort_keys=False))
+    shown = [("CCC per fold and model", out["ccc_per_fold"])]
+    shown += [(f"Missing audio, {Path(p).stem.removeprefix('missing_audio_')} frames: RJCA vs RJCA + IACA "
+               "(Praveen & Alam, Fig. 3)", p) for p in missing_audio_figures]
+    shown += [(figure_title(p), p) for p in figures]
+    body = [f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,"
+            f"{base64.b64encode(Path(path).read_bytes()).decode()}'>" for title, path in shown]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>vafusion report</title>"
             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #bbb;padding:2px 8px;"
             "text-align:right}td:first-child,th:first-child{text-align:left}</style></head>"
-            "<body><h1>vafusion: valence/arousal validation report</h1>" + head + markdown_to_html(markdown)
-            + "".join(body) + "</body></html>")
-    Path(out_html).write_text(page)
+            "<body><h1>vafusion: valence/arousal validation report</h1>" + provenance_html(items)
+            + markdown_to_html(markdown) + "".join(body) + "</body></html>")
+    Path(out["html"]).write_text(page)

@@ -1,0 +1,103 @@
+"""Reading what the trainings wrote (metrics.json, history.csv, val_predictions.h5 per model
+and fold) into the numbers the reports show: statistics over folds, the missing-audio
+curves, CCC per validation trial."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from vafusion.learning.ccc import ccc
+
+TARGETS = ("valence", "arousal")
+MISSING_SCOPES = (("all_trials", "all validation trials"), ("longest_trial", "longest validation trial"))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One model trained on one fold: its metrics, its epochs, its validation predictions."""
+    metrics: dict
+    history: list[dict]
+    predictions: Path
+
+    @property
+    def model(self) -> str:
+        return self.metrics["model"]
+
+    @property
+    def fold(self) -> int:
+        return self.metrics["fold"]
+
+
+def load_metrics(paths: list[str | Path]) -> list[dict]:
+    rows = [json.loads(Path(p).read_text()) for p in paths]
+    return sorted(rows, key=lambda r: (r["model"], r["fold"]))
+
+
+def load_runs(metrics_files: list[str | Path], history_files: list[str | Path],
+              prediction_files: list[str | Path]) -> list[Run]:
+    """The three lists are parallel (one entry per model and fold)."""
+    runs = []
+    for metrics, history, predictions in zip(metrics_files, history_files, prediction_files, strict=True):
+        with open(history, newline="") as fh:
+            runs.append(Run(json.loads(Path(metrics).read_text()), list(csv.DictReader(fh)), Path(predictions)))
+    return sorted(runs, key=lambda r: (r.model, r.fold))
+
+
+def stats(values: list[float]) -> tuple[float, float]:
+    """(mean, population std) ignoring NaN; NaN when every value is NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean(values)), float(np.nanstd(values))
+
+
+def best_run(runs: list[Run]) -> Run:
+    """The run with the highest mean validation CCC (the first one when all are NaN)."""
+    scored = [r for r in runs if not math.isnan(r.metrics["ccc_mean"])]
+    return max(scored, key=lambda r: r.metrics["ccc_mean"], default=runs[0])
+
+
+def missing_audio_patterns(rows: list[dict]) -> list[str]:
+    return [p for p in ("contiguous", "scattered") if any(p in r.get("missing_audio", {}) for r in rows)]
+
+
+def missing_audio_curve(rows: list[dict], model: str, pattern: str, scope: str,
+                        target: str) -> tuple[list[float], list[float]]:
+    """(shares, CCC of ``target`` averaged over the model's folds) for one pattern and scope."""
+    mine = [r["missing_audio"][pattern][scope] for r in rows
+            if r["model"] == model and pattern in r.get("missing_audio", {})]
+    shares = list(mine[0]) if mine else []
+    return [float(s) for s in shares], [stats([m[s][f"ccc_{target}"] for m in mine])[0] for s in shares]
+
+
+def per_trial_ccc(runs: list[Run]) -> list[dict]:
+    """CCC per validation trial and target (NaN where the trial has no valid frame of the
+    target or both series are one constant), one row per fold and trial."""
+    rows = []
+    for run in runs:
+        with h5py.File(run.predictions) as h5:
+            for trial in sorted(h5):
+                pred, label, valid = h5[trial]["prediction"][:], h5[trial]["label"][:], h5[trial]["valid"][:]
+                row = {"model": run.model, "fold": run.fold, "trial": trial}
+                for j, target in enumerate(TARGETS):
+                    row[f"frames_{target}"] = int(valid[:, j].sum())
+                    row[f"ccc_{target}"] = ccc(pred[valid[:, j], j], label[valid[:, j], j]) if valid[:, j].any() \
+                        else math.nan
+                rows.append(row)
+    return rows
+
+
+def write_per_trial_csv(rows: list[dict], path: str | Path) -> None:
+    columns = ["model", "fold", "trial"] + [f"frames_{t}" for t in TARGETS] + [f"ccc_{t}" for t in TARGETS]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([r[c] if not c.startswith("ccc_") else f"{r[c]:.6f}" for c in columns])
