@@ -15,6 +15,9 @@ import subprocess
 import time
 from pathlib import Path
 
+from system_packages import Unavailable as SlurmUnavailable  # noqa: F401 (the tests catch it)
+from system_packages import ensure_installed as ensure_installed_with_apt
+
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 GRES_CONF = Path("/etc/slurm/gres.conf")
 MARKER = "# written by the vafusion test suite (tests/slurm_cluster.py)"
@@ -22,23 +25,8 @@ PACKAGES = ["slurm-wlm", "munge"]
 FAKE_GPUS = 2
 
 
-class SlurmUnavailable(Exception):
-    """SLURM cannot be installed or started on this machine (the reason says why)."""
-
-
 def ensure_installed() -> None:
-    """Install slurm-wlm and munge with apt when they are missing (needs root)."""
-    if all(shutil.which(tool) for tool in ("sbatch", "slurmctld", "slurmd", "munged")):
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("slurm-wlm/munge are not installed and installing them needs root")
-    if not shutil.which("apt-get"):
-        raise SlurmUnavailable("slurm-wlm/munge are not installed and there is no apt-get to install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *PACKAGES]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if proc.returncode != 0:
-            raise SlurmUnavailable(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
+    ensure_installed_with_apt(["sbatch", "slurmctld", "slurmd", "munged"], PACKAGES)
 
 
 def _node_hardware() -> dict[str, str]:
@@ -91,6 +79,8 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # no accounting database: finished jobs must stay visible to squeue for status checks
 AccountingStorageType=accounting_storage/none
+# track GPUs as a TRES, so that a job's allocation (squeue tres-alloc) lists them
+AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/none
 MinJobAge=600
 ReturnToService=2
@@ -150,14 +140,16 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                              text=True, check=True).stdout
         return set(out.split())
 
-    def job_requests(self) -> dict[str, tuple[str, str]]:
+    def job_requests(self) -> dict[str, tuple[str, str, str]]:
         """Per job id, as slurmctld records them: the job's comment (the executor writes
-        ``rule_<rule>...`` there) and its GPU request (tres-per-job: ``gres:gpu:1`` for
-        ``--gpus=1``, ``N/A`` for none)."""
-        out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:30|,Comment:400|,tres-per-job:100"],
+        ``rule_<rule>...`` there), its GPU request (tres-per-job: ``gres:gpu:1`` for
+        ``--gpus=1``, ``N/A`` for none) and the resources it was allocated (tres-alloc:
+        ``cpu=1,mem=...,gres/gpu=1``; GPUs appear there as AccountingStorageTRES tracks them)."""
+        out = subprocess.run(["squeue", "-h", "--states=all", "-O",
+                              "JobID:30|,Comment:400|,tres-per-job:100|,tres-alloc:200"],
                              capture_output=True, text=True, check=True).stdout
         rows = (line.split("|") for line in out.splitlines() if line.strip())
-        return {job.strip(): (comment.strip(), tres.strip()) for job, comment, tres in rows}
+        return {job.strip(): (comment.strip(), asked.strip(), allocated.strip()) for job, comment, asked, allocated in rows}
 
     def stop(self) -> None:
         """Stop every daemon started here and remove the config files written here."""
