@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-requirements
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 
-.PHONY: setup demo run test bench bench-learning clean
+.PHONY: setup demo run test test-envs bench bench-learning clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ run: demo
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+# Each rule env's pip part in a fresh venv (about 3 minutes, downloads torch); CI runs it too.
+test-envs: setup
+	$(VENV)/bin/python -m pytest -m envs tests/test_env_install.py
 
 clean:
 	rm -rf results .snakemake
