@@ -42,6 +42,8 @@ class SlurmCluster:
     def __init__(self, root: Path):
         self.root = root
         self.node = socket.gethostname()
+        self.prolog = root / "record-allocation.sh"
+        self.allocations = root / "allocations.txt"
         self.procs: list[subprocess.Popen] = []
 
     def _write_config(self) -> None:
@@ -59,6 +61,12 @@ class SlurmCluster:
             link.unlink(missing_ok=True)
             link.symlink_to("/dev/null")
             gpu_files.append(str(link))
+        # the node line of `scontrol show job -d` while the job is allocated: "... GRES=gpu:1(IDX:0)"
+        self.prolog.write_text(
+            "#!/bin/sh\n"
+            f"gres=$({shutil.which('scontrol')} show job -d \"$SLURM_JOB_ID\" | sed -n 's/.* GRES=\\([^ ]*\\).*/\\1/p' | head -1)\n"
+            f"echo \"$SLURM_JOB_ID ${{gres:-none}}\" >> {self.allocations}\n")
+        self.prolog.chmod(0o755)
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
         SLURM_CONF.write_text(f"""{MARKER}
 ClusterName=vafusion-test
@@ -79,8 +87,9 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # no accounting database: finished jobs must stay visible to squeue for status checks
 AccountingStorageType=accounting_storage/none
-# track GPUs as a TRES, so that a job's allocation (squeue tres-alloc) lists them
-AccountingStorageTRES=gres/gpu
+# slurmctld runs this when it allocates each job: it records the job's allocated GRES
+# (squeue's tres-alloc would list GPUs only with AccountingStorageTRES=gres/gpu, which needs slurmdbd)
+PrologSlurmctld={self.prolog}
 JobAcctGatherType=jobacct_gather/none
 MinJobAge=600
 ReturnToService=2
@@ -140,16 +149,21 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                              text=True, check=True).stdout
         return set(out.split())
 
-    def job_requests(self) -> dict[str, tuple[str, str, str]]:
+    def job_requests(self) -> dict[str, tuple[str, str]]:
         """Per job id, as slurmctld records them: the job's comment (the executor writes
-        ``rule_<rule>...`` there), its GPU request (tres-per-job: ``gres:gpu:1`` for
-        ``--gpus=1``, ``N/A`` for none) and the resources it was allocated (tres-alloc:
-        ``cpu=1,mem=...,gres/gpu=1``; GPUs appear there as AccountingStorageTRES tracks them)."""
-        out = subprocess.run(["squeue", "-h", "--states=all", "-O",
-                              "JobID:30|,Comment:400|,tres-per-job:100|,tres-alloc:200"],
+        ``rule_<rule>...`` there) and its GPU request (tres-per-job: ``gres:gpu:1`` for
+        ``--gpus=1``, ``N/A`` for none)."""
+        out = subprocess.run(["squeue", "-h", "--states=all", "-O", "JobID:30|,Comment:400|,tres-per-job:100"],
                              capture_output=True, text=True, check=True).stdout
         rows = (line.split("|") for line in out.splitlines() if line.strip())
-        return {job.strip(): (comment.strip(), asked.strip(), allocated.strip()) for job, comment, asked, allocated in rows}
+        return {job.strip(): (comment.strip(), tres.strip()) for job, comment, tres in rows}
+
+    def job_gpus(self) -> dict[str, str]:
+        """Per job id, the GRES slurmctld allocated it (``gpu:1(IDX:0)``: one GPU, device 0;
+        ``none``), as the controller's prolog recorded them at allocation."""
+        if not self.allocations.exists():
+            return {}
+        return dict(line.split() for line in self.allocations.read_text().splitlines() if line.strip())
 
     def stop(self) -> None:
         """Stop every daemon started here and remove the config files written here."""

@@ -154,15 +154,15 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     assert {p.stem for p in slurm_logs} == set(submitted.values())
 
     # slurmctld's own records: every network job asked SLURM for one GPU and was allocated
-    # one (the job's allocated TRES), no other job asked for or got one
-    requests = cluster.job_requests()
+    # one (recorded by the controller's prolog at allocation), no other job asked for or got one
+    requests, allocated = cluster.job_requests(), cluster.job_gpus()
     for slurm_id in submitted.values():
-        comment, asked, allocated = requests[slurm_id]
+        comment, asked = requests[slurm_id]
         rule = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", comment).group(1)
         assert (asked == "gres:gpu:1") == (rule in NETWORK_RULES), (slurm_id, comment, asked)
         assert asked in ("gres:gpu:1", "N/A"), (slurm_id, comment, asked)
-        gpus = re.findall(r"gres/gpu=(\d+)", allocated)
-        assert gpus == (["1"] if rule in NETWORK_RULES else []), (slurm_id, comment, allocated)
+        gpus = re.fullmatch(r"gpu:1\(IDX:[01]\)", allocated[slurm_id]) if rule in NETWORK_RULES else None
+        assert gpus or (rule not in NETWORK_RULES and allocated[slurm_id] == "none"), (slurm_id, comment, allocated)
 
     # GPU rules asked for a GPU and got one of the (fake) GPUs; the others got none
     results = runs["slurm"][0] / "results"
