@@ -131,6 +131,7 @@ def test_html_report_has_real_tables_every_figure_and_says_random_init_in_red(tm
     assert "vggish_pca: not used" in page
     assert "training device: cpu: no NVIDIA GPU driver on this machine" in page
     assert "3 videos, 2 train trials, 1 validation trials, 0 test trials" in page
+    assert "faces:" not in page  # a config without data/learning sections: no settings line
     assert page.count("data:image/png;base64,") == 5  # CCC per fold + the model's four figures
     assert "<h2>jca: predicted against annotated, every validation frame</h2>" in page
 

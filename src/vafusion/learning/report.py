@@ -133,6 +133,7 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
             items.append((network, f"{path}, sha256 {sha256sum(path)}", False))
     for device, why in sorted({(r.get("device", "?"), r.get("cuda_status") or "") for r in rows}):
         items.append(("training device", f"{device}: {why}" if why else device, why.startswith("an NVIDIA driver")))
+    items += settings_summary(config)
     versions = [f"Python {platform.python_version()}"] + [f"{p} {_version(p)}" for p in PACKAGES]
     items.append(("versions", ", ".join(versions), False))
     items.append(("data", ", ".join(f"{n} {k}" for k, n in counts.items()), False))
@@ -143,6 +144,22 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
     items.append(("runs", f"{len(models)} models ({', '.join(models)}) x {len({r['fold'] for r in rows})} folds "
                           f"= {len(rows)} trainings", False))
     return items
+
+
+def settings_summary(config: dict) -> list[tuple[str, str, bool]]:
+    """The settings a reader asks for first (the whole configuration is config.yaml)."""
+    data, learning = config.get("data"), config.get("learning")
+    if not data or not learning:
+        return []
+    faces = (f"the dataset's cropped_aligned frames ({data['cropped_aligned']})" if data.get("cropped_aligned")
+             else f"detected and aligned here (dlib HOG, upsample {config['media']['face_detector_upsample']})")
+    train = learning["train"]
+    return [("faces", faces, False),
+            ("settings", f"{learning['n_folds']} folds (fold_seed {learning['fold_seed']}), up to "
+                         f"{train['max_epochs']} epochs (patience {train['patience']}), windows of {train['window']} "
+                         f"frames every {train['hop']}, batch {train['batch_size']}, {train['optimizer']} lr "
+                         f"{train['lr']}, seed {train['seed']}; device features {config['features']['device']}, "
+                         f"learning {learning['device']}", False)]
 
 
 def _version(package: str) -> str:
