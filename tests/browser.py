@@ -30,7 +30,8 @@ class Browser:
 
         def wire_pipes() -> None:  # in the child: the protocol's fds 3 (commands) and 4 (replies)
             # moved above 4 first, so neither end is overwritten by the other's dup2
-            commands, replies = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
+            commands = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)
+            replies = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
             os.dup2(commands, 3)  # dup2 to another number makes the copy inheritable across exec
             os.dup2(replies, 4)
 

@@ -64,7 +64,8 @@ class SlurmCluster:
         # the node line of `scontrol show job -d` while the job is allocated: "... GRES=gpu:1(IDX:0)"
         self.prolog.write_text(
             "#!/bin/sh\n"
-            f"gres=$({shutil.which('scontrol')} show job -d \"$SLURM_JOB_ID\" | sed -n 's/.* GRES=\\([^ ]*\\).*/\\1/p' | head -1)\n"
+            f"gres=$({shutil.which('scontrol')} show job -d \"$SLURM_JOB_ID\""
+            " | sed -n 's/.* GRES=\\([^ ]*\\).*/\\1/p' | head -1)\n"
             f"echo \"$SLURM_JOB_ID ${{gres:-none}}\" >> {self.allocations}\n")
         self.prolog.chmod(0o755)
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,8 @@ def test_env_installs_in_a_fresh_venv_and_imports_its_rules_scripts(env, tmp_pat
         sys.path.insert(0, {str(REPO / "src")!r})
         for name in {modules + ours!r}:
             importlib.import_module(name)
-        if {"align_faces" in [r for r, _ in mine]!r}:  # face detection: dlib's landmark model, found without pkg_resources
+        # face detection: dlib's landmark model, found without pkg_resources
+        if {"align_faces" in [r for r, _ in mine]!r}:
             import dlib
             from vafusion.faces import landmark_model_path
             dlib.shape_predictor(str(landmark_model_path()))

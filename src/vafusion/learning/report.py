@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
-from vafusion.learning.results import TARGETS, MISSING_SCOPES, load_metrics, missing_audio_curve, missing_audio_patterns, stats
+from vafusion.learning.results import (MISSING_SCOPES, TARGETS, load_metrics, missing_audio_curve,
+                                       missing_audio_patterns, stats)
 from vafusion.weights import sha256sum
 
 COLUMNS = ("model", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
