@@ -7,17 +7,23 @@ import logging
 import math
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
+
+from vafusion.io import disk_full_error
 
 log = logging.getLogger("vafusion")
 
 
 @contextlib.contextmanager
-def job_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
+def job_logging(log_path: str | None, job: str,
+                outputs: Iterable | None = None) -> Iterator[logging.Logger]:
     """Send vafusion's log records to the job's log file (and stderr); record failures.
 
     The error message lands in the log file as well as in Snakemake's output, so a user
-    reading only the log sees which file failed and why.
+    reading only the log sees which file failed and why. ``outputs``: the job's output
+    paths (``snakemake.output``); when the job fails because the disk holding them is full
+    (``vafusion.io.disk_full_error``), the error raised and logged is a
+    ``vafusion.io.DiskFullError`` that says so, with the library's error as its cause.
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
@@ -33,12 +39,24 @@ def job_logging(log_path: str | None, job: str) -> Iterator[logging.Logger]:
         yield log
         log.info("job %s finished", job)
     except Exception as err:
-        log.error("job %s failed: %s", job, err)
-        raise
+        disk = disk_full_error(err, _paths(outputs))
+        log.error("job %s failed: %s", job, disk or err)
+        if disk is None or disk is err:
+            raise
+        raise disk from err
     finally:
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
+
+
+def _paths(outputs) -> list[str]:
+    """Output paths from a string, a list (Snakemake's ``snakemake.output``) or nested lists."""
+    if outputs is None:
+        return []
+    if isinstance(outputs, (str, bytes)) or hasattr(outputs, "__fspath__"):
+        return [str(outputs)]
+    return [p for item in outputs for p in _paths(item)]
 
 
 class Progress:

@@ -129,3 +129,12 @@ def load_weights(model: nn.Module, path: str | Path | None, *, what: str, seed: 
     digest = sha256sum(path)
     log.info("%s: loaded pretrained weights %s (sha256 %s)", what, path, digest)
     return {"weights": str(path), "weights_sha256": digest, "weights_seed": -1}
+
+
+def torch_save(obj, path: str | Path) -> None:
+    """``torch.save(obj, path)`` through a Python file, so that a full disk surfaces as
+    ``OSError`` errno ENOSPC: given a path, torch writes with a C++ stream whose failure
+    reads "[enforce fail at inline_container.cc:672] . unexpected pos ..." and loses the
+    errno."""
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)

@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from vafusion.faces import align_trial_faces
 from vafusion.jobs import job_logging
 
-with job_logging(snakemake.log[0], f"align_faces {snakemake.wildcards.trial}"):
+with job_logging(snakemake.log[0], f"align_faces {snakemake.wildcards.trial}", outputs=snakemake.output):
     align_trial_faces(
         snakemake.input.video,
         snakemake.output.faces,

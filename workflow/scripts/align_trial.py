@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from vafusion.jobs import job_logging
 from vafusion.learning.align import STREAMS, align_trial
 
-with job_logging(snakemake.log[0], f"align_trial {snakemake.wildcards.trial}"):
+with job_logging(snakemake.log[0], f"align_trial {snakemake.wildcards.trial}", outputs=snakemake.output):
     align_trial(
         snakemake.output.aligned,
         trial=snakemake.wildcards.trial,

@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from vafusion.audio import extract_audio
 from vafusion.jobs import job_logging
 
-with job_logging(snakemake.log[0], f"extract_audio {snakemake.wildcards.video}"):
+with job_logging(snakemake.log[0], f"extract_audio {snakemake.wildcards.video}", outputs=snakemake.output):
     extract_audio(
         snakemake.input.video,
         snakemake.output.wav,

@@ -8,7 +8,7 @@ from vafusion.features.iresnet import IresnetParams, extract_iresnet50
 from vafusion.jobs import job_logging
 
 with (
-    job_logging(snakemake.log[0], f"extract_iresnet50 {snakemake.wildcards.trial}"),
+    job_logging(snakemake.log[0], f"extract_iresnet50 {snakemake.wildcards.trial}", outputs=snakemake.output),
     job_device(snakemake.params.device) as device,
 ):
     extract_iresnet50(

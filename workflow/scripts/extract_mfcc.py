@@ -7,7 +7,7 @@ from vafusion.audio import read_audio_meta
 from vafusion.features.mfcc import MfccParams, extract_mfcc
 from vafusion.jobs import job_logging
 
-with job_logging(snakemake.log[0], f"extract_mfcc {snakemake.wildcards.video}"):
+with job_logging(snakemake.log[0], f"extract_mfcc {snakemake.wildcards.video}", outputs=snakemake.output):
     extract_mfcc(
         snakemake.input.wav,
         read_audio_meta(snakemake.input.meta),

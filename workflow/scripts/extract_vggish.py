@@ -9,7 +9,7 @@ from vafusion.features.vggish import VggishParams, extract_vggish
 from vafusion.jobs import job_logging
 
 with (
-    job_logging(snakemake.log[0], f"extract_vggish {snakemake.wildcards.video}"),
+    job_logging(snakemake.log[0], f"extract_vggish {snakemake.wildcards.video}", outputs=snakemake.output),
     job_device(snakemake.params.device) as device,
 ):
     extract_vggish(

@@ -9,7 +9,7 @@ from vafusion.io import atomic_output
 from vafusion.jobs import job_logging
 from vafusion.learning.folds import excluded_trials, make_folds, read_subject_map
 
-with job_logging(snakemake.log[0], "make_folds") as log:
+with job_logging(snakemake.log[0], "make_folds", outputs=snakemake.output) as log:
     excluded = excluded_trials(snakemake.input.labels)
     for trial, reason in excluded.items():
         log.warning("trial %s is left out of every fold: %s", trial, reason)

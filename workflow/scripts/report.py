@@ -6,7 +6,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from vafusion.jobs import job_logging
 from vafusion.learning.report import write_reports
 
-with job_logging(snakemake.log[0], "report"):
+with job_logging(snakemake.log[0], "report", outputs=snakemake.output):
     write_reports(
         list(snakemake.input.metrics),
         dict(snakemake.output.items()),
