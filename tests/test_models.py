@@ -167,7 +167,8 @@ def test_iaca_gate_is_eq_5_to_9():
 
 @pytest.mark.parametrize("attention", ["ca", "jca", "rjca", "tca"])
 def test_iaca_gates_the_cross_attentions_own_input(attention):
-    """Eq. 7-8's X_m is what the cross-attention attended over: for RJCA its BLSTM outputs."""
+    """Eq. 7-8's X_m is what the cross-attention attended over: for RJCA its BLSTM outputs,
+    for CA and TCA the projected features with their clip context."""
     torch.manual_seed(6)
     model = build_fusion_model(f"{attention}_iaca", DIMS, LEARNING["cross_attention"], window=11).eval()
     seen = {}
@@ -178,6 +179,8 @@ def test_iaca_gates_the_cross_attentions_own_input(attention):
     visual = model.project_visual(streams["iresnet50"])
     if attention == "rjca":
         audio, visual = model.attention.encode(audio, visual)
+    if attention in ("ca", "tca"):
+        audio, visual = model.context_audio(audio), model.context_visual(visual)
     torch.testing.assert_close(seen["args"][0], audio, rtol=0, atol=1e-12)
     torch.testing.assert_close(seen["args"][1], visual, rtol=0, atol=1e-12)
 
@@ -219,17 +222,62 @@ def test_sinusoidal_positions_follow_vaswani():
 
 
 def test_transformer_input_is_eq_1_plus_positions():
-    """The encoder sees the projection of f = concat(f^_1, f^_2, f^_3) plus the positions
-    (without them it would be blind to frame order)."""
+    """The encoder sees W f_t + b + PE_t with f = concat(f^_1, f^_2, f^_3) (Eq. 1), each f^_i
+    the output of Bai et al.'s TCN on stream i, all written again here from the module's
+    parameters without calling its TCNs, projection or position table: block i convolves
+    with dilation 2**i over frames t - (k-1) 2**i .. t only, weights g v / ||v|| per output
+    channel, ReLU after each convolution, then ReLU(out + x), x 1x1-convolved when the widths
+    differ. The widths (some blocks change them, some keep them, each stream its own) and
+    the window (20 frames, over twice the widest kernel span (k-1) 2**2 = 8) make a wrong
+    order, dilation, causality or residual show."""
     torch.manual_seed(8)
-    model = build_fusion_model("tcn_transformer", DIMS, LEARNING["tcn_transformer"], window=12).eval()
+    order = ("iresnet50", "vggish", "mfcc")  # f^_1, f^_2, f^_3: the visual branch, then the audio ones
+    dims = {"iresnet50": 7, "vggish": 6, "mfcc": 5}
+    channels = {"iresnet50": (6, 6, 4), "vggish": (3, 5, 5), "mfcc": (5, 4, 4)}
+    k, B, L = 3, 2, 20
+    hp = {**LEARNING["tcn_transformer"], "tcn_channels": channels, "kernel_size": k, "d_model": 8, "n_heads": 2}
+    model = build_fusion_model("tcn_transformer", dims, hp, window=L).eval()
     seen = {}
-    model.encoder.register_forward_hook(lambda mod, args, out: seen.update(inp=args[0]))
-    streams = {k: torch.randn(1, 12, d) for k, d in DIMS.items()}
-    model(streams)
-    encoded = torch.cat([model.tcns[n](streams[n].transpose(1, 2)) for n in model.streams], 1).transpose(1, 2)
-    expected = model.project(encoded) + sinusoidal_positions(12, model.project.out_features)
-    torch.testing.assert_close(seen["inp"], expected, rtol=0, atol=1e-10)
+    model.encoder.register_forward_pre_hook(lambda mod, args: seen.update(inp=args[0]))
+    streams = {name: torch.randn(B, L, dims[name]) for name in order}
+    with torch.no_grad():
+        model(streams)
+
+    def causal_conv(conv, x, dilation):
+        """x: (C_in, L) -> (C_out, L); out_t = b + sum_j W_j x_{t - (k-1-j) dilation}, x_s = 0 for s < 0."""
+        g, v = conv.parametrizations.weight.original0, conv.parametrizations.weight.original1
+        w = g * v / v.flatten(1).norm(dim=1)[:, None, None]  # weight normalisation: (out, in, k)
+        assert w.shape[2] == k
+        out = conv.bias[:, None].expand(w.shape[0], x.shape[1]).clone()
+        for j in range(k):
+            shift = (k - 1 - j) * dilation  # tap j looks shift frames back
+            past = torch.zeros_like(x)
+            past[:, shift:] = x[:, : x.shape[1] - shift]
+            out += torch.einsum("oi,il->ol", w[:, :, j], past)
+        return out
+
+    def tcn(blocks, x):
+        for i, block in enumerate(blocks):
+            h = torch.relu(causal_conv(block.conv1, x, 2**i))
+            h = torch.relu(causal_conv(block.conv2, h, 2**i))
+            if x.shape[0] != h.shape[0]:  # widths differ: the 1x1 downsample
+                x = block.residual.weight[:, :, 0] @ x + block.residual.bias[:, None]
+            x = torch.relu(h + x)
+        return x  # (C_last, L)
+
+    d = hp["d_model"]
+    positions = torch.tensor([[math.sin(t / 10000 ** (c / d)) if c % 2 == 0 else math.cos(t / 10000 ** ((c - 1) / d))
+                               for c in range(d)] for t in range(L)])
+    W, b = model.project.weight.detach(), model.project.bias.detach()
+    with torch.no_grad():
+        for n in range(B):
+            f = torch.cat([tcn(model.tcns[name], streams[name][n].T) for name in order])  # Eq. 1: (sum C, L)
+            assert f.shape[0] == sum(c[-1] for c in channels.values())
+            expected = (W @ f + b[:, None]).T + positions  # (L, d)
+            torch.testing.assert_close(seen["inp"][n], expected, rtol=0, atol=1e-6)
+            # to 1e-10 where float64 reaches: the position table is float32 (a buffer), so the
+            # rest is compared with the table's own values taken off
+            torch.testing.assert_close(seen["inp"][n] - model.positions[:L], expected - positions, rtol=0, atol=1e-10)
 
 
 # --- padding never changes a real frame, for all nine models -------------------------------------
@@ -352,3 +400,72 @@ def test_every_config_key_has_a_description():
 
     walk(schema, "")
     assert undescribed == []
+
+
+# --- temporal context for CA and TCA (the papers' clip backbones) ---------------------------------
+
+def test_clip_context_is_a_centred_residual_convolution_over_real_frames():
+    """x'_l = x_l + ReLU(b + sum_{k=-K..K} W_k x_{l+k}), frames outside the trial and padded
+    frames counting as 0, written with loops over frames and taps."""
+    from vafusion.models.clip_context import ClipContext
+
+    torch.manual_seed(3)
+    d, frames, L = 4, 5, 12
+    context = ClipContext(d, frames)
+    x = torch.randn(2, L, d)
+    padding = torch.zeros(2, L, dtype=torch.bool)
+    padding[1, 9:] = True
+    with torch.no_grad():
+        out = context(x, padding)
+    W, b, K = context.conv.weight, context.conv.bias, frames // 2  # W: (d_out, d_in, frames)
+    for n in range(2):
+        real = int((~padding[n]).sum())
+        for l in range(L):
+            if l >= real:
+                assert torch.all(out[n, l] == 0)
+                continue
+            acc = b.clone()
+            for k in range(-K, K + 1):
+                if 0 <= l + k < real:  # neighbours past the trial's end or padded are 0
+                    acc = acc + torch.einsum("oi,i->o", W[:, :, k + K], x[n, l + k])
+            torch.testing.assert_close(out[n, l], x[n, l] + torch.relu(acc), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", FUSION_MODELS)
+def test_every_model_sees_frame_order(name):
+    """Permuting a window's frames must not merely permute the outputs: with per-frame
+    features a model needs its own temporal part (the papers' features come from clips)."""
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(5)
+    L = 24
+    model = build_fusion_model(name, DIMS, LEARNING[config_section(name)], window=L).eval()
+    streams = {k: torch.randn(2, L, d) for k, d in DIMS.items()}
+    order = torch.randperm(L)
+    with torch.no_grad():
+        out = model(streams)
+        permuted = model({k: v[:, order] for k, v in streams.items()})
+    assert (permuted - out[:, order]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("attention", ["ca", "tca"])
+def test_without_clip_context_ca_and_tca_are_blind_to_frame_order(attention):
+    """What the context fixes: with clip_frames 1 (per-frame features as they come) the
+    outputs of a permuted window are the permuted outputs; with context they are not, and a
+    padded window still gives its real frames what the unpadded trial gives them."""
+    torch.set_default_dtype(torch.float32)
+    torch.manual_seed(6)
+    L, real = 24, 17
+    streams = {k: torch.randn(1, L, d) for k, d in DIMS.items()}
+    order = torch.randperm(L)
+    for frames, blind in ((1, True), (LEARNING["cross_attention"]["clip_frames"], False)):
+        hp = {**LEARNING["cross_attention"], "clip_frames": frames}
+        model = build_fusion_model(attention, DIMS, hp, window=L).eval()
+        with torch.no_grad():
+            out = model(streams)
+            permuted = model({k: v[:, order] for k, v in streams.items()})
+            padding = torch.zeros(1, L, dtype=torch.bool)
+            padding[0, real:] = True
+            padded = model(streams, padding)[:, :real]
+            alone = model({k: v[:, :real] for k, v in streams.items()})
+        assert torch.allclose(permuted, out[:, order], atol=1e-5) == blind
+        torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5)

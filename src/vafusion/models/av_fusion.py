@@ -1,6 +1,7 @@
 """The frame shared by the cross-attention family (CA, JCA, RJCA, TCA), with or without the
 IACA gate: the audio stream (VGGish + MFCC) and the visual stream (IResNet-50) are
-projected to a common width d, cross-attended, fused (concatenation, or the IACA two-stage
+projected to a common width d, for CA and TCA given the temporal context of a clip
+(``clip_context``; JCA and RJCA see frame order themselves), cross-attended, fused (concatenation, or the IACA two-stage
 gate), for RJCA passed through the joint BLSTM, and mapped per frame to valence and arousal.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vafusion.models.clip_context import ClipContext
 from vafusion.models.cross_attention import CrossAttention
 from vafusion.models.heads import MlpHead
 from vafusion.models.iaca import IacaGate
@@ -34,6 +36,7 @@ class AvFusionConfig:
     rjca_fused_lstm: int  # width of RJCA's BLSTM over the fused representation
     tca_heads: int
     iaca_temperature: float  # T of IACA's softmax gates
+    clip_frames: int  # CA / TCA: frames of temporal context per feature (1: none)
     dropout: float
     head_hidden: int
 
@@ -59,6 +62,11 @@ class AudioVisualFusion(nn.Module):
         # projection per modality brings both to d, as the reference code's encoders do.
         self.project_audio = nn.Sequential(nn.Linear(audio_dim, cfg.dim), nn.Dropout(cfg.dropout))
         self.project_visual = nn.Sequential(nn.Linear(visual_dim, cfg.dim), nn.Dropout(cfg.dropout))
+        # per-frame features have no temporal context, the papers' clip features do: CA and TCA
+        # (order-blind otherwise) get a clip's worth of neighbours per modality
+        context = attention in ("ca", "tca") and cfg.clip_frames > 1
+        self.context_audio = ClipContext(cfg.dim, cfg.clip_frames) if context else None
+        self.context_visual = ClipContext(cfg.dim, cfg.clip_frames) if context else None
         self.attention = build_attention(attention, cfg, window)
         self.gate = IacaGate(cfg.dim, cfg.iaca_temperature) if iaca else None
         fused_dim = cfg.dim if iaca else 2 * cfg.dim
@@ -71,6 +79,8 @@ class AudioVisualFusion(nn.Module):
         # streams[name]: (B, L, D_name); padding_mask: (B, L), True where the frame is padding
         audio = self.project_audio(torch.cat([streams[s] for s in AUDIO_STREAMS], dim=-1))  # X_a^T: (B, L, d)
         visual = self.project_visual(torch.cat([streams[s] for s in VISUAL_STREAMS], dim=-1))  # X_v^T: (B, L, d)
+        if self.context_audio is not None:  # CA, TCA: clip context, still (B, L, d)
+            audio, visual = self.context_audio(audio, padding_mask), self.context_visual(visual, padding_mask)
         if isinstance(self.attention, RecursiveJointCrossAttention):
             # RJCA attends over its BLSTMs' outputs: those are its X_a, X_v (IACA's "own" features)
             audio, visual = self.attention.encode(audio, visual, padding_mask)
