@@ -6,6 +6,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vafusion.dataset import DatasetError, discover
+from vafusion.learning.provenance import trained_run_problems
 from vafusion.models import config_section, settings_problems
 
 
@@ -94,6 +95,15 @@ if TRAINED_RUN is not None:
                             + ", ".join(missing))
     if not TEST_TRIALS:
         raise WorkflowError("learning.trained_run is set but there is nothing to predict (no test trials)")
+    # the features this run makes against those the models were trained on (each model.pt's
+    # record): settings and weights per stream; a weights file's sha256 is cached in OUT/.cache
+    try:
+        problem = trained_run_problems(TRAINED_RUN, [p for paths in TRAINED_MODELS.values() for p in paths], config,
+                                       sha256_cache=Path(OUT, ".cache", "sha256.json"))
+    except ValueError as err:
+        raise WorkflowError(f"learning.trained_run: {err}")
+    if problem:
+        raise WorkflowError(problem)
 elif not ANNOTATED:
     raise WorkflowError("data.annotations is null (prediction only): set learning.trained_run to a finished run")
 GPU_TRAIN = 0 if config["learning"]["device"] == "cpu" else 1

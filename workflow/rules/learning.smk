@@ -8,6 +8,8 @@ rule align_trial:
         aligned=f"{OUT}/aligned/{{trial}}.h5",
     params:
         partition=lambda wildcards: TRIALS[wildcards.trial].partition,
+        # the file's layout: a new one reruns the rule on existing results
+        aligned_format="streams, labels, masks; each stream's feature provenance (<stream>_provenance)",
     log:
         f"{OUT}/logs/align_trial/{{trial}}.log",
     threads: 1

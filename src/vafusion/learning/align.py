@@ -51,10 +51,13 @@ def align_trial(out_path: str | Path, *, trial: str, partition: str, features: d
                 audio_meta: str | Path, labels: str | Path | None) -> dict:
     """Write ``out_path`` with the trial's features, labels and masks on T rows."""
     meta = json.loads(Path(audio_meta).read_text())
-    streams = {}
+    streams, provenance = {}, {}
     for name in STREAMS:
         with h5py.File(features[name]) as h5:
             streams[name] = h5["features"][:]
+            # what made the features, kept for training's record (vafusion.learning.provenance)
+            provenance[f"{name}_provenance"] = json.dumps({k: v.item() if hasattr(v, "item") else v
+                                                           for k, v in h5.attrs.items()}, sort_keys=True, default=str)
             if name == "iresnet50":
                 face_found = h5["face_found"][:]
     n_video = len(streams["iresnet50"])
@@ -72,7 +75,8 @@ def align_trial(out_path: str | Path, *, trial: str, partition: str, features: d
     found[:min(length, n_video)] = face_found[:length]  # padded rows have no face
     write_aligned(out_path, {name: fit_length(x, length) for name, x in streams.items()}, values, found,
                   {"trial": trial, "partition": partition, "fps": float(meta["video_fps"]),
-                   "audio_missing": bool(meta["audio_missing"]), "n_video_frames": n_video, "n_frames": length})
+                   "audio_missing": bool(meta["audio_missing"]), "n_video_frames": n_video, "n_frames": length,
+                   **provenance})
     valid = {t: int((values[t] != INVALID).sum()) for t in TARGETS}
     if labels is not None and not any(valid.values()):
         log.warning("%s: every annotation row is -5: the trial is left out of training", trial)

@@ -1,0 +1,306 @@
+"""Which features the trained models saw, and the check that a prediction feeds them the same.
+
+Every feature file records what made it (``vafusion.features.common.provenance``: the
+extractor's settings, the weights file's sha256 or ``random-init`` and its seed). The
+aligned files keep a copy per stream (attribute ``<stream>_provenance``), and training
+stores what its fold's trials agree on in every ``model.pt`` under ``feature_provenance``
+(the *record*)::
+
+    {"format": 1, "trials": 14,
+     "streams": {"vggish": {"extractor": "vggish",
+                            "params": {"batch_size": 64, "final_relu": true, "pca": false,
+                                       "sample_rate": 16000, "example": "centred on frame time"},
+                            "weights": "random-init", "weights_sha256": "random-init",
+                            "weights_seed": 0},
+                 "iresnet50": {...}, "mfcc": {... "weights_sha256": ""}}}
+
+A run with ``learning.trained_run`` compares that record with the features its own config
+makes (``config_record``) when the workflow is parsed, and stops before any job, naming
+each stream, setting and both values (``trained_run_problems``); the prediction job checks
+the record against the test trials' aligned files once more (``check_features``).
+
+Compared: every extractor setting except those that only change the speed (``SPEED_ONLY``),
+the sample rate of the audio streams, and the weights: their sha256, or the seed of the
+random initialisation. Not compared: the device (on CUDA the networks run under bfloat16
+autocast: a rounding of the same features, not other features), and where the faces come
+from (the dataset's aligned faces or detected ones: 112x112 aligned faces either way, and
+new videos seldom have dataset faces; see README, Predicting new videos).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from vafusion.learning.align import STREAMS
+from vafusion.weights import RANDOM_INIT
+
+RECORD_KEY = "feature_provenance"
+RECORD_FORMAT = 1
+NO_NETWORK = ""  # weights_sha256 of a stream that has no network (MFCC)
+# Settings that change how fast features are made, never their values.
+SPEED_ONLY = frozenset({"batch_size", "channels_last"})
+# Streams computed from the WAV: media.sample_rate is one of their settings.
+AUDIO_STREAMS = frozenset({"vggish", "mfcc"})
+# The provenance attributes that say which features a file holds (the rest is per file:
+# device, versions, audio_missing, face source).
+IDENTITY = ("extractor", "params", "weights", "weights_sha256", "weights_seed", "pca_weights", "pca_weights_sha256")
+
+
+def _plain(value):
+    """An HDF5 attribute as a plain Python value (numpy scalars unwrapped)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def stream_entry(provenance: Mapping) -> dict:
+    """A stream's part of the record, from its feature file's provenance attributes."""
+    entry = {k: _plain(provenance[k]) for k in IDENTITY if k in provenance}
+    if isinstance(entry.get("params"), str):
+        entry["params"] = json.loads(entry["params"])
+    return entry
+
+
+def setting_name(stream: str, key: str) -> str:
+    """The config key behind an extractor setting."""
+    return "media.sample_rate" if key == "sample_rate" else f"features.{stream}.{key}"
+
+
+_MISSING = object()
+
+
+def _value(value) -> str:
+    return "(not recorded)" if value is _MISSING else json.dumps(value)
+
+
+def _weights(entry: dict, prefix: str = "") -> str:
+    sha = entry.get(f"{prefix}weights_sha256", _MISSING)
+    if sha is _MISSING:
+        return "(not recorded)"
+    if sha == RANDOM_INIT:
+        return f"random-init (seed {entry.get('weights_seed')})"
+    if sha == NO_NETWORK:
+        return "none"
+    text = f"'{entry.get(f'{prefix}weights')}'"
+    return f"{text} (sha256 {sha[:16]}...)" if sha else text
+
+
+def stream_differences(stream: str, trained: dict, current: dict, *,
+                       keys: Iterable[str] | None = None) -> list[tuple[str, str, str]]:
+    """(setting, value the models were trained with, value here) for each difference of one
+    stream. ``keys``: the settings to compare (default: those ``current`` holds), always
+    without ``SPEED_ONLY``. ``current["weights_sha256"]`` may be None when it was not worth
+    hashing: the trained features had no file to compare it with."""
+    found = []
+    t_params, c_params = trained.get("params", {}), current.get("params", {})
+    for key in sorted(set(c_params if keys is None else keys) - SPEED_ONLY):
+        t_value, c_value = t_params.get(key, _MISSING), c_params.get(key, _MISSING)
+        if c_value is _MISSING and keys is None:
+            continue
+        if t_value is _MISSING or c_value is _MISSING or t_value != c_value:
+            found.append((setting_name(stream, key), _value(t_value), _value(c_value)))
+    t_sha, c_sha = trained.get("weights_sha256", _MISSING), current.get("weights_sha256", _MISSING)
+    if t_sha == RANDOM_INIT and c_sha == RANDOM_INIT:
+        if trained.get("weights_seed") != current.get("weights_seed"):
+            found.append(("features.random_init_seed", _value(trained.get("weights_seed", _MISSING)),
+                          _value(current.get("weights_seed", _MISSING))))
+    elif t_sha != c_sha:
+        found.append((f"weights.{stream}", _weights(trained), _weights(current)))
+    if t_params.get("pca") and c_params.get("pca") and trained.get("pca_weights_sha256") != current.get(
+            "pca_weights_sha256"):
+        found.append((f"weights.{stream}_pca", _weights(trained, "pca_"), _weights(current, "pca_")))
+    return found
+
+
+def record_differences(trained: dict, current: dict, *, all_keys: bool = False) -> list[tuple[str, str, str, str]]:
+    """(stream, setting, trained value, value here) for every difference between two
+    records. ``all_keys``: compare every setting either side holds (two records read from
+    files); otherwise those ``current`` holds (``current`` made from a config, which knows
+    the settings a user can change, not the extractors' fixed ones)."""
+    found = []
+    t_streams, c_streams = trained.get("streams", {}), current.get("streams", {})
+    for stream in sorted(set(t_streams) | set(c_streams)):
+        if stream not in c_streams:
+            found.append((stream, "stream", "used", "not made here"))
+        elif stream not in t_streams:
+            found.append((stream, "stream", "(not recorded)", "made here"))
+        else:
+            t, c = t_streams[stream], c_streams[stream]
+            keys = set(t.get("params", {})) | set(c.get("params", {})) if all_keys else None
+            found += [(stream, *d) for d in stream_differences(stream, t, c, keys=keys)]
+    return found
+
+
+def format_differences(differences: Iterable[tuple[str, str, str, str]]) -> list[str]:
+    return [f"  {stream}: {setting}: the models were trained with {trained}, this run has {here}"
+            for stream, setting, trained, here in differences]
+
+
+# --- training: the record of a fold's aligned files ------------------------------------------
+
+def aligned_record(paths: Iterable[str | Path]) -> dict:
+    """The record of the features in ``paths`` (aligned files), which must all hold the same
+    features; raises ValueError naming the files otherwise, or when a file keeps no
+    provenance (aligned by an older vafusion, or from feature files without it)."""
+    import h5py
+
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no aligned files to take the feature record from")
+    first, first_path = None, None
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            kept = {s: h5.attrs.get(f"{s}_provenance") for s in STREAMS}
+        if missing := [s for s, v in kept.items() if not v or "params" not in json.loads(v)]:
+            raise ValueError(f"{path}: keeps no provenance of its {', '.join(missing)} features (aligned by an older "
+                             f"vafusion, or from feature files without it): delete the aligned files and run again")
+        record = {"format": RECORD_FORMAT, "streams": {s: stream_entry(json.loads(v)) for s, v in kept.items()}}
+        if first is None:
+            first, first_path = record, path
+        elif differences := record_differences(first, record, all_keys=True):
+            raise ValueError(f"{first_path} and {path} hold features made with different settings or weights; "
+                             f"one model cannot be trained on both (rerun the feature jobs):\n"
+                             + "\n".join(f"  {s}: {k}: {a} in the first, {b} in the second"
+                                         for s, k, a, b in differences))
+    return {**first, "trials": len(paths)}
+
+
+def read_record(model_path: str | Path) -> dict | None:
+    """The record a ``model.pt`` holds; None for a model trained before records were kept.
+    Only the file's structure is read (memory-mapped), not its weights."""
+    import pickle
+
+    import torch
+
+    from vafusion.weights import NUMPY_SAFE_GLOBALS
+
+    try:
+        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
+            saved = torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError) as err:
+        raise ValueError(f"{model_path}: cannot be read as a trained model: {err}") from None
+    record = saved.get(RECORD_KEY) if isinstance(saved, dict) else None
+    return record if isinstance(record, dict) and record.get("streams") else None
+
+
+# --- a run's own features, from its config ---------------------------------------------------
+
+def stream_params(config: dict) -> dict[str, dict]:
+    """Each stream's extractor settings as the feature rules pass them (workflow/rules/features.smk)."""
+    params = {s: dict(config["features"][s]) for s in STREAMS}
+    for s in AUDIO_STREAMS:
+        params[s]["sample_rate"] = config["media"]["sample_rate"]
+    return params
+
+
+def config_record(config: dict, sha256: Callable[[str], str], trained: Iterable[dict] = ()) -> dict:
+    """The record of the features this config makes. A weights file is hashed (``sha256``)
+    only when some ``trained`` record holds a weights file for that network to compare it
+    with: against random-init features, or with no record at all, the file differs anyway."""
+    trained = list(trained)
+
+    def needs_hash(stream: str, prefix: str = "") -> bool:
+        return any(r.get("streams", {}).get(stream, {}).get(f"{prefix}weights_sha256") not in (None, RANDOM_INIT,
+                                                                                             NO_NETWORK)
+                   for r in trained)
+
+    seed = config["features"]["random_init_seed"]
+    streams = {}
+    for stream, params in stream_params(config).items():
+        entry = {"extractor": stream, "params": params}
+        if stream in config["weights"]:  # a network
+            path = config["weights"][stream]
+            if path is None:
+                entry.update(weights=RANDOM_INIT, weights_sha256=RANDOM_INIT, weights_seed=seed)
+            else:
+                entry.update(weights=str(path), weights_sha256=sha256(path) if needs_hash(stream) else None,
+                             weights_seed=-1)
+            pca = config["weights"].get(f"{stream}_pca")
+            if params.get("pca") and pca is not None:
+                entry.update(pca_weights=str(pca),
+                             pca_weights_sha256=sha256(pca) if needs_hash(stream, "pca_") else None)
+        else:
+            entry.update(weights="none (no network)", weights_sha256=NO_NETWORK, weights_seed=-1)
+        streams[stream] = entry
+    return {"format": RECORD_FORMAT, "streams": streams}
+
+
+def cached_sha256(path: str | Path, cache: str | Path | None) -> str:
+    """sha256 of ``path``, remembered in the JSON file ``cache`` under the file's identity
+    (real path, device, inode, size, mtime and ctime in ns: a file rewritten, replaced or
+    touched is hashed again; ctime cannot be set back). A cache that cannot be read or
+    written is ignored."""
+    from vafusion.weights import sha256sum
+
+    st = os.stat(path)
+    real = os.path.realpath(path)
+    key = "|".join(map(str, (real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)))
+    table: dict[str, str] = {}
+    if cache is not None:
+        try:
+            table = json.loads(Path(cache).read_text())
+        except (OSError, ValueError):
+            table = {}
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            return table[key]
+    digest = sha256sum(path)
+    if cache is not None:
+        table = {k: v for k, v in (table if isinstance(table, dict) else {}).items() if not k.startswith(real + "|")}
+        table[key] = digest
+        cache = Path(cache)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.part")
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp, cache)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+    return digest
+
+
+def _files(paths: list[Path]) -> str:
+    more = len(paths) - 1
+    return f"{paths[0]}" + (f" and {more} more model file{'s' if more > 1 else ''}" if more else "")
+
+
+def trained_run_problems(trained_run: str | Path, model_paths: Iterable[str | Path], config: dict, *,
+                         sha256_cache: str | Path | None = None) -> str | None:
+    """What stops a run with ``learning.trained_run``: the models' record against the
+    features this config makes. None when every model was trained on the same features."""
+    records = {Path(p): read_record(p) for p in model_paths}
+    if unrecorded := [p for p, r in records.items() if r is None]:
+        return (f"learning.trained_run '{trained_run}': {_files(unrecorded)} "
+                f"{'keeps' if len(unrecorded) == 1 else 'keep'} no record of the features the "
+                f"models were trained on (trained by a vafusion before feature records were kept), so this run's "
+                f"feature settings and weights cannot be checked against them. Train the models again with this "
+                f"version (run the training config: the record is written with every model.pt), then predict.")
+    current = config_record(config, lambda path: cached_sha256(path, sha256_cache), records.values())
+    groups: dict[tuple[str, ...], list[Path]] = {}
+    for path, record in records.items():
+        if lines := tuple(format_differences(record_differences(record, current))):
+            groups.setdefault(lines, []).append(path)
+    if not groups:
+        return None
+    parts = [f"learning.trained_run '{trained_run}': the models were trained on other features than this run "
+             f"makes; their predictions would be meaningless:"]
+    for lines, paths in groups.items():
+        parts += [*lines, f"  (recorded in {_files(paths)})"]
+    parts.append(f"Use the training run's feature settings and weights (its configuration: {trained_run}/reports/"
+                 f"config.yaml), or train models on these features.")
+    return "\n".join(parts)
+
+
+def check_features(model_paths: Iterable[str | Path], aligned_paths: Iterable[str | Path]) -> None:
+    """The prediction job's own check: the test trials' aligned features against every
+    model's record (the files themselves, not the config: a feature file left from other
+    settings is caught too). Raises ValueError."""
+    here = aligned_record(aligned_paths)
+    for path in model_paths:
+        record = read_record(path)
+        if record is None:
+            raise ValueError(f"{path}: keeps no record of the features it was trained on (trained by an older "
+                             f"vafusion); train it again")
+        if differences := record_differences(record, here, all_keys=True):
+            raise ValueError(f"{path} was trained on other features than the test trials':\n"
+                             + "\n".join(format_differences(differences)))
