@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-requirements
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 
-.PHONY: setup demo run test test-envs bench bench-learning clean
+.PHONY: setup demo run test test-envs bench bench-learning bench-missing-audio clean
 
 setup: $(STAMP)
 
@@ -39,3 +39,8 @@ bench: setup
 
 bench-learning: demo
 	$(VENV)/bin/python benchmarks/bench_learning.py
+
+# Needs a finished `make run`: the missing-audio curves under both fills, and the scattered
+# pattern's context leak measured against audio dropped in the waveform.
+bench-missing-audio: setup
+	$(VENV)/bin/python benchmarks/bench_missing_audio.py

@@ -67,9 +67,19 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(FUSION_MODELS))
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a learning setting for this check, e.g. cross_attention.clip_frames=1 "
+                             "(the CA/TCA models without temporal context)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        section = config["learning"]
+        for part in path:
+            section = section[part]
+        section[last] = yaml.safe_load(value)
     results = REPO / config["output"]
     snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
     quiet = {"cwd": REPO, "check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -80,7 +90,8 @@ def main() -> None:
     aligned = {n: results / "aligned" / f"{n}.h5" for n in names}
     cfg = replace(TrainConfig.from_dict(config["learning"]["train"]), max_epochs=args.max_epochs)
     print(f"# Honest learning check, {time.strftime('%Y-%m-%d %H:%M')}: demo dataset, "
-          f"{len(annotated['folds'])} folds, max {cfg.max_epochs} epochs, CPU {args.threads} threads")
+          f"{len(annotated['folds'])} folds, max {cfg.max_epochs} epochs, CPU {args.threads} threads"
+          + "".join(f", {item}" for item in args.set))
     print("| model | constant | shuffled labels | true labels | margin over shuffled | windows/s |")
     print("|---|---|---|---|---|---|")
     constant = [constant_scores(f, aligned)["ccc_mean"] for f in annotated["folds"]]

@@ -67,7 +67,7 @@ from vafusion.learning.train import TrainConfig, train_fold
 job = json.load(open({job!r}))
 silence = {{k: np.zeros(d, np.float32) for k, d in job["dims"].items()}}
 metrics = train_fold(job["model"], job["hparams"], job["fold"], job["aligned"], job["out"],
-                     TrainConfig.from_dict(job["train"]), silence=silence, device="cpu", threads=1)
+                     TrainConfig.from_dict(job["train"]), audio_fill=silence, device="cpu", threads=1)
 print(json.dumps({{"windows_per_s": metrics["windows_per_s"]}}))
 """
 
@@ -79,7 +79,7 @@ def train_once(src: Path, paths: dict[str, Path], model: str, work: Path) -> dic
     names = sorted(paths)
     n_val = max(1, len(names) // 6)
     train = dict(config["learning"]["train"], max_epochs=1,
-                 missing_audio={"shares": [0.0, 0.4], "patterns": ["contiguous"]})
+                 missing_audio={"shares": [0.0, 0.4], "patterns": ["contiguous"], "fill": "zeros"})
     job = {"model": model, "hparams": config["learning"][section], "dims": DIMS, "train": train,
            "fold": {"fold": 0, "train": names[n_val:], "validation": names[:n_val]},
            "aligned": {n: str(p) for n, p in paths.items()}, "out": str(work / "run")}

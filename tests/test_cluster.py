@@ -113,7 +113,7 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     config = yaml.safe_load(write_config(tmp_path, dataset).read_text())
     config["learning"].update(models=["ca"], n_folds=2)
     config["learning"]["train"]["max_epochs"] = 2
-    config["learning"]["train"]["missing_audio"] = {"shares": [0.0, 0.4], "patterns": ["contiguous"]}
+    config["learning"]["train"]["missing_audio"] = {"shares": [0.0, 0.4], "patterns": ["contiguous"], "fill": "zeros"}
     runs = {}
     for name in ("local", "slurm"):
         workdir = tmp_path / name

@@ -206,3 +206,35 @@ def test_faces_file_with_raw_pixels_is_refused(tmp_path):
     with pytest.raises(ValueError, match="older vafusion"):
         extract_iresnet50(tmp_path / "faces.h5", tmp_path / "i.h5", IresnetParams(batch_size=8), weights=None)
     assert not (tmp_path / "i.h5").exists()
+
+
+# --- what a dropped audio frame gets (the missing-audio experiment) ------------------------------
+
+def test_missing_audio_fills_are_zeros_at_the_networks_input_and_silence(tmp_path):
+    """zeros (the paper's "replaced by zeros" at the audio input): MFCC rows of 0, VGGish's
+    embedding of an all-zero log-mel example, computed here by the network itself on the
+    same seeded weights; silence: the extractors on an all-zero waveform (the old fill)."""
+    from vafusion.features.silence import read_fill, silence_features
+    from vafusion.models.vggish import VGGish
+    from vafusion.weights import load_weights
+
+    final_relu = False  # Google's pre-activation embedding: the fill must follow the setting
+    params = VggishParams(batch_size=16, final_relu=final_relu)
+    silence_features(tmp_path / "fills.h5", MfccParams(), params, weights=None, device="cpu", seed=3)
+    zeros, silent = read_fill(tmp_path / "fills.h5", "zeros"), read_fill(tmp_path / "fills.h5", "silence")
+    assert zeros["mfcc"].shape == (39,) and not zeros["mfcc"].any()
+    network = VGGish(final_relu=final_relu)
+    load_weights(network, None, what="vggish", seed=3)
+    with torch.no_grad():
+        expected = network.eval()(torch.zeros(1, 1, 96, 64))[0].numpy()
+    np.testing.assert_allclose(zeros["vggish"], expected, rtol=1e-5, atol=1e-6)
+
+    wav = write_wav(tmp_path / "silent.wav", np.zeros(3 * SR))
+    meta = audio_meta(75, audio_missing=True)
+    extract_mfcc(wav, meta, tmp_path / "m.h5", MfccParams())
+    extract_vggish(wav, meta, tmp_path / "v.h5", params, weights=None, seed=3)
+    np.testing.assert_allclose(silent["mfcc"], read(tmp_path / "m.h5")[0][37], atol=1e-6)
+    np.testing.assert_allclose(silent["vggish"], read(tmp_path / "v.h5")[0][37], atol=1e-5)
+    assert np.abs(silent["mfcc"]).max() > 1  # the log floor of silence is not zero: a different input
+    with pytest.raises(ValueError, match="unknown missing-audio fill 'noise'"):
+        read_fill(tmp_path / "fills.h5", "noise")

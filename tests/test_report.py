@@ -42,13 +42,34 @@ def test_summary_has_mean_std_best_fold_iaca_pairs_and_missing_audio_per_target(
     assert "| 1 (0.500) |" in rjca  # best fold by mean CCC
     gated = next(line for line in lines if line.startswith("| rjca_iaca | 2 |"))
     assert "| 0 (0.300) |" in gated  # fold 0 and 1 tie at 0.3: the first is reported
-    # with / without IACA, side by side, per target: valence 0.3 -> 0.4 (+0.100)
-    assert "| rjca | valence | 0.300 | 0.400 | +0.100 |" in lines
-    assert "| rjca | arousal | 0.500 | 0.200 | -0.300 |" in lines
+    # with / without IACA, side by side, per target: valence 0.3 -> 0.4 (+0.100, +33.3 % of 0.3)
+    assert "| attention | target | without IACA | with IACA | with - without | Δ (% of without) |" in lines
+    assert "| rjca | valence | 0.300 | 0.400 | +0.100 | +33.3 % |" in lines
+    assert "| rjca | arousal | 0.500 | 0.200 | -0.300 | -60.0 % |" in lines
+    assert "| rjca | mean | 0.400 | 0.300 | -0.100 | -25.0 % |" in lines
     # missing audio, valence / arousal, mean over folds, for each scope
     assert sum("Missing audio (contiguous" in line for line in lines) == 2
     at_half = 0.4 - 0.2 * 0.5, 0.4 - 2 * 0.2 * 0.5  # rjca: mean base 0.4
     assert f"| rjca | 0.400 / 0.400 | {at_half[0]:.3f} / {at_half[1]:.3f} |" in lines
+
+
+def test_iaca_delta_is_table_2s_relative_improvement_in_percent():
+    """Praveen & Alam, Table 2: "Δ represents relative improvement in percentage". Their own
+    CCCs (one fold each here) must give the Δ they print; a non-positive baseline has none."""
+    table_2 = {"ca": ((0.541, 0.517), (0.632, 0.597), ("16.8", "15.5")),
+               "tca": ((0.564, 0.543), (0.637, 0.629), ("12.9", "15.8")),
+               "jca": ((0.657, 0.580), (0.693, 0.609), ("5.5", "5.0")),
+               "rjca": ((0.721, 0.694), (0.749, 0.725), ("3.9", "4.5"))}
+    rows = [r for m, (without, with_, _) in table_2.items()
+            for r in (row(m, 0, *without), row(f"{m}_iaca", 0, *with_))]
+    lines = summary_markdown(rows).splitlines()
+    for m, (without, with_, printed) in table_2.items():
+        for target, w0, w1, delta in zip(("valence", "arousal"), without, with_, printed):
+            assert f"| {m} | {target} | {w0:.3f} | {w1:.3f} | {w1 - w0:+.3f} | +{delta} % |" in lines
+    rows = [row("ca", 0, -0.1, 0.0), row("ca_iaca", 0, 0.2, 0.1)]
+    lines = summary_markdown(rows).splitlines()
+    assert "| ca | valence | -0.100 | 0.200 | +0.300 | n/a |" in lines
+    assert "| ca | arousal | 0.000 | 0.100 | +0.100 | n/a |" in lines
 
 
 def fake_runs(tmp_path, specs):

@@ -74,7 +74,8 @@ def test_normalisation_statistics_come_from_the_training_trials_only(tmp_path):
                 frames.append(h5[stream][:].astype(np.float64))
         x = np.concatenate(frames)
         np.testing.assert_allclose(saved["mean"][stream].numpy(), x.mean(0), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(saved["std"][stream].numpy(), np.maximum(x.std(0), 1e-6), rtol=1e-5)
+        np.testing.assert_allclose(saved["std"][stream].numpy(), x.std(0), rtol=1e-5)
+        assert not saved["constant"][stream].any()
 
 
 def test_early_stopping_restores_the_best_epoch_and_reports_its_ccc(tmp_path):
@@ -115,12 +116,12 @@ def test_learning_rate_warms_up_linearly_then_decays_by_a_cosine(tmp_path):
 def test_resume_only_when_nothing_changed(tmp_path, caplog):
     paths, fold = synthetic_dataset(tmp_path)
     cfg = config(max_epochs=5)
-    full = train_fold("ca", HP, fold, paths, tmp_path / "full", cfg, silence=SILENCE, device="cpu")
+    full = train_fold("ca", HP, fold, paths, tmp_path / "full", cfg, audio_fill=SILENCE, device="cpu")
 
     # (a) interrupted and resumed with the same inputs: the same model, bit for bit
-    train_fold("ca", HP, fold, paths, tmp_path / "a", cfg, silence=SILENCE, device="cpu", stop_after_epochs=2)
+    train_fold("ca", HP, fold, paths, tmp_path / "a", cfg, audio_fill=SILENCE, device="cpu", stop_after_epochs=2)
     with caplog.at_level("INFO"):
-        resumed = train_fold("ca", HP, fold, paths, tmp_path / "a", cfg, silence=SILENCE, device="cpu")
+        resumed = train_fold("ca", HP, fold, paths, tmp_path / "a", cfg, audio_fill=SILENCE, device="cpu")
     assert "resuming ca fold 0 after epoch 2" in caplog.text
     assert resumed["ccc_mean"] == full["ccc_mean"]
     for key, value in state_dict(tmp_path / "full").items():
@@ -214,14 +215,14 @@ def test_training_memory_does_not_grow_with_the_data(tmp_path):
     """Python-side peak allocations (numpy included) of a whole train_fold, validation and
     missing-audio test included, on 6 and on 24 trials: the same, far below the data."""
     cfg = config(window=40, hop=40, batch_size=4, max_epochs=1,
-                 missing_audio={"shares": [0.0, 0.5], "patterns": ["contiguous"]})
+                 missing_audio={"shares": [0.0, 0.5], "patterns": ["contiguous"], "fill": "zeros"})
     peaks, data_bytes = {}, {}
     for n in (2, 6, 24):  # the first run only warms up (one-time allocations of torch and numpy)
         paths = random_trials(tmp_path / f"n{n}", n, 1000)
         data_bytes[n] = sum(p.stat().st_size for p in paths.values())
         fold = {"fold": 0, "train": sorted(paths)[1:], "validation": sorted(paths)[:1]}
         tracemalloc.start()
-        train_fold("ca", HP, fold, paths, tmp_path / f"run{n}", cfg, silence=SILENCE, device="cpu")
+        train_fold("ca", HP, fold, paths, tmp_path / f"run{n}", cfg, audio_fill=SILENCE, device="cpu")
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert data_bytes[24] > 3.9 * data_bytes[6]
@@ -246,8 +247,9 @@ def gates_by_loops(model, trial, cfg) -> np.ndarray:
 
 def test_iaca_gate_weights_are_recorded_per_frame_and_under_missing_audio(tmp_path):
     paths, fold = synthetic_dataset(tmp_path)
-    cfg = config(max_epochs=2, missing_audio={"shares": [0.0, 0.3, 0.6], "patterns": ["contiguous", "scattered"]})
-    metrics = train_fold("jca_iaca", HP, fold, paths, tmp_path / "run", cfg, silence=SILENCE, device="cpu")
+    cfg = config(max_epochs=2, missing_audio={"shares": [0.0, 0.3, 0.6], "patterns": ["contiguous", "scattered"],
+                                              "fill": "zeros"})
+    metrics = train_fold("jca_iaca", HP, fold, paths, tmp_path / "run", cfg, audio_fill=SILENCE, device="cpu")
     model, normalizer, saved_cfg, _ = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
     longest = metrics["missing_audio"]["longest_trial"]
     with h5py.File(tmp_path / "run" / "val_predictions.h5") as h5:
@@ -260,13 +262,13 @@ def test_iaca_gate_weights_are_recorded_per_frame_and_under_missing_audio(tmp_pa
                 np.testing.assert_allclose(gates[:, cols].sum(axis=1), 1.0, atol=1e-5)
         for pattern in ("contiguous", "scattered"):
             per_share = metrics["missing_audio"][pattern]["gates"]
-            assert per_share["0"]["silenced"] is None and set(per_share) == {"0", "0.3", "0.6"}
-            pooled = {"silenced": [], "kept": []}
+            assert per_share["0"]["dropped"] is None and set(per_share) == {"0", "0.3", "0.6"}
+            pooled = {"dropped": [], "kept": []}
             for name in fold["validation"]:
                 dropped = missing_frames(open_trial(paths[name]), 0.6, pattern, cfg.seed)
-                silenced = normalizer.apply(drop_audio(load_trial(paths[name]), dropped, SILENCE))
-                g = gates_by_loops(model, silenced, saved_cfg)
-                pooled["silenced"].append(g[dropped, 4:])
+                without_audio = normalizer.apply(drop_audio(load_trial(paths[name]), dropped, SILENCE))
+                g = gates_by_loops(model, without_audio, saved_cfg)
+                pooled["dropped"].append(g[dropped, 4:])
                 pooled["kept"].append(g[~dropped, 4:])
                 if name == longest:  # the longest trial's trace at the largest share
                     np.testing.assert_array_equal(h5[longest][f"dropped_{pattern}"][:], dropped)
@@ -275,7 +277,147 @@ def test_iaca_gate_weights_are_recorded_per_frame_and_under_missing_audio(tmp_pa
                 np.testing.assert_allclose(per_share["0.6"][part], np.concatenate(frames).mean(axis=0), atol=1e-5)
         assert not any(k.startswith("gates_missing_audio") for n in h5 for k in h5[n] if n != longest)
 
-    plain = train_fold("ca", HP, fold, paths, tmp_path / "plain", config(max_epochs=1), silence=SILENCE, device="cpu")
+    plain = train_fold("ca", HP, fold, paths, tmp_path / "plain", config(max_epochs=1), audio_fill=SILENCE, device="cpu")
     assert "gates" not in plain["missing_audio"]["contiguous"]
     with h5py.File(tmp_path / "plain" / "val_predictions.h5") as h5:
         assert all(set(h5[n]) == {"prediction", "label", "valid"} for n in h5)
+
+
+# --- numbers that cannot be silently wrong (issue 15) ---------------------------------------------
+
+def set_stream(paths: dict, names: list[str], stream: str, column: int, values) -> None:
+    for name in names:
+        with h5py.File(paths[name], "r+") as h5:
+            x = h5[stream][:]
+            x[:, column] = values(len(x))
+            h5[stream][...] = x
+
+
+def test_a_dimension_constant_in_training_is_neutralised_not_amplified(tmp_path):
+    """A VGGish unit dead (0) over every training frame that comes alive at validation, at
+    test and in the missing-audio rows: the old floor of 1e-6 on its std multiplied 0.01 by
+    10^6. Now it reads 0 there, the rest is standardised as before, and the validation CCC
+    is what it is when the unit stays dead."""
+    paths, fold = synthetic_dataset(tmp_path)
+    dead, rng = 17, np.random.default_rng(1)
+    set_stream(paths, fold["train"], "vggish", dead, lambda n: np.zeros(n))
+    quiet = {name: tmp_path / "quiet" / f"{name}.h5" for name in paths}  # the same data, the unit dead everywhere
+    quiet["trial0"].parent.mkdir()
+    for name, path in paths.items():
+        quiet[name].write_bytes(path.read_bytes())
+    set_stream(quiet, fold["validation"], "vggish", dead, lambda n: np.zeros(n))
+    set_stream(paths, fold["validation"], "vggish", dead, lambda n: rng.uniform(0.005, 0.01, n))  # alive
+
+    normalizer = Normalizer.fit(open_trial(paths[n]) for n in fold["train"])
+    assert np.flatnonzero(normalizer.constant["vggish"]).tolist() == [dead]
+    assert not normalizer.constant["iresnet50"].any() and not normalizer.constant["mfcc"].any()
+    fill = {"vggish": np.full(128, 0.01, np.float32), "mfcc": np.zeros(39, np.float32)}  # a zero/silence row
+    for name in fold["validation"]:
+        trial = load_trial(paths[name])
+        for shown in (normalizer.apply(trial), normalizer.apply(drop_audio(trial, np.ones(trial.length, bool), fill))):
+            assert np.all(shown.streams["vggish"][:, dead] == 0)
+            assert max(np.abs(x).max() for x in shown.streams.values()) < 100  # bounded, not 10^4
+        others = np.delete(np.arange(128), dead)  # every other dimension: (x - mean) / std as before
+        x = trial.streams["vggish"][:, others]
+        np.testing.assert_allclose(normalizer.apply(trial).streams["vggish"][:, others],
+                                   (x - normalizer.mean["vggish"][others]) / normalizer.std["vggish"][others],
+                                   rtol=1e-5, atol=1e-5)
+
+    cfg = config(max_epochs=2)
+    alive = train_fold("ca", HP, fold, paths, tmp_path / "alive", cfg, audio_fill=fill, device="cpu")
+    still = train_fold("ca", HP, fold, quiet, tmp_path / "still", cfg, audio_fill=fill, device="cpu")
+    for key in ("ccc_valence", "ccc_arousal"):
+        assert alive[key] == still[key]
+    assert alive["normaliser_constant_dims"] == {"iresnet50": 0, "vggish": 1, "mfcc": 0}
+    saved = torch.load(tmp_path / "alive" / "model.pt", weights_only=True)["normalizer"]
+    assert np.flatnonzero(saved["constant"]["vggish"].numpy()).tolist() == [dead]
+    model, loaded, saved_cfg, _ = load_model(tmp_path / "alive" / "model.pt", torch.device("cpu"))
+    trial = loaded.apply(load_trial(paths["trial7"]))  # the test path uses the recorded decision
+    assert np.all(trial.streams["vggish"][:, dead] == 0)
+
+
+def unannotate(paths: dict, names: list[str], targets: tuple[str, ...]) -> None:
+    for name in names:
+        with h5py.File(paths[name], "r+") as h5:
+            for target in targets:
+                h5[f"valid_{target}"][...] = False
+
+
+def test_a_fold_without_annotated_arousal_selects_on_valence_and_says_so(tmp_path, caplog):
+    paths, fold = synthetic_dataset(tmp_path)
+    unannotate(paths, fold["validation"], ("arousal",))
+    metrics = train_fold("ca", HP, fold, paths, tmp_path / "run", config(max_epochs=4), device="cpu")
+    assert "fold 0" in caplog.text and "trial6, trial7" in caplog.text and "no annotated arousal" in caplog.text
+    assert metrics["unscored_targets"] == ["arousal"] and metrics["selected_on"] == ["ccc_valence"]
+    assert math.isnan(metrics["ccc_arousal"]) and not math.isnan(metrics["ccc_valence"])
+    scores = [float(r["val_ccc_valence"]) for r in history(tmp_path / "run")]
+    assert metrics["best_epoch"] == int(np.argmax(scores)) + 1  # was -1: no epoch "improved" on a NaN mean
+    assert metrics["ccc_valence"] == pytest.approx(max(scores), abs=1e-6)
+
+    from vafusion.learning.report import summary_markdown
+    other = {**metrics, "fold": 1, "ccc_arousal": 0.5, "ccc_mean": (metrics["ccc_valence"] + 0.5) / 2,
+             "unscored_targets": [], "selected_on": ["ccc_valence", "ccc_arousal"]}
+    summary = summary_markdown([metrics, other])
+    assert "ca fold 0: no annotated arousal frame in its validation trials" in summary
+    assert "| ca | 2 |" in summary and "| 0.500 ± 0.000 |" in summary  # arousal: fold 1 alone, said above
+
+
+def test_a_fold_that_cannot_be_scored_stops_and_an_untrained_model_never_reaches_a_report(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    unannotate(paths, fold["validation"], ("valence", "arousal"))
+    with pytest.raises(ValueError, match=r"ca fold 0 cannot be scored: its validation trials \(trial6, trial7\)"):
+        train_fold("ca", HP, fold, paths, tmp_path / "run", config(max_epochs=2), device="cpu")
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+    # a validation trial whose features hold a NaN: every epoch's CCC is NaN, no epoch is kept
+    (tmp_path / "nan").mkdir()
+    paths, fold = synthetic_dataset(tmp_path / "nan")
+    set_stream(paths, ["trial6"], "mfcc", 3, lambda n: np.where(np.arange(n) == 10, np.nan, 0.0))
+    with pytest.raises(RuntimeError, match="ca fold 0: no epoch of 2 had a finite validation CCC"):
+        train_fold("ca", HP, fold, paths, tmp_path / "nan" / "run", config(max_epochs=2), device="cpu")
+    assert not (tmp_path / "nan" / "run" / "model.pt").exists()
+
+    from vafusion.learning.results import load_metrics
+    old = tmp_path / "metrics.json"  # what the old code saved for such a fold
+    old.write_text(json.dumps({"model": "ca", "fold": 0, "ccc_valence": math.nan, "ccc_arousal": math.nan,
+                               "ccc_mean": math.nan, "best_epoch": -1}))
+    with pytest.raises(ValueError, match="best_epoch -1: this model was never selected"):
+        load_metrics([old])
+
+
+def predictions_by_loops(model, trial, cfg, autocast: bool) -> np.ndarray:
+    """Each window alone through the model (float32, or under CPU bf16 autocast), averaged
+    per frame over the windows that cover it."""
+    total, count = np.zeros((trial.length, 2)), np.zeros(trial.length)
+    for start in window_starts(trial.length, cfg.window, cfg.hop):
+        batch = make_batch([(trial, start)], cfg.window)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(batch.streams, batch.padding).float().numpy()[0]
+        n = min(cfg.window, trial.length - start)
+        total[start:start + n] += out[:n]
+        count[start:start + n] += 1
+    return total / count[:, None]
+
+
+def test_predictions_are_float32_whatever_the_training_precision(tmp_path):
+    """precision bfloat16 runs the GPU's mixed-precision training path on the CPU (autocast);
+    what is scored and written is the float32 forward of the kept model."""
+    paths, fold = synthetic_dataset(tmp_path)
+    runs = {p: train_fold("jca", HP, fold, paths, tmp_path / p, config(max_epochs=2, precision=p), device="cpu")
+            for p in ("float32", "bfloat16")}
+    a, b = state_dict(tmp_path / "float32"), state_dict(tmp_path / "bfloat16")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # autocast really ran in training
+    model, normalizer, cfg, _ = load_model(tmp_path / "bfloat16" / "model.pt", torch.device("cpu"))
+    assert cfg.precision == "bfloat16"
+    with h5py.File(tmp_path / "bfloat16" / "val_predictions.h5") as h5:
+        written = {n: h5[n]["prediction"][:] for n in fold["validation"]}
+    worst_rounding = 0.0
+    for name in fold["validation"]:
+        trial = normalizer.apply(load_trial(paths[name]))
+        assert written[name].dtype == np.float32
+        np.testing.assert_allclose(written[name], predictions_by_loops(model, trial, cfg, False), rtol=0, atol=1e-6)
+        rounded = predictions_by_loops(model, trial, cfg, True)
+        worst_rounding = max(worst_rounding, np.abs(rounded - written[name]).max())
+    assert worst_rounding > 1e-4  # a bf16 evaluation would have been visibly different
+    val = [load_trial(paths[n]) for n in fold["validation"]]
+    assert runs["bfloat16"]["ccc_mean"] == pytest.approx(fold_ccc(written, val)["ccc_mean"], abs=1e-9)

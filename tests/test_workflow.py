@@ -154,7 +154,7 @@ def test_learning_outputs_and_reports(demo_run):
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     assert all(f"| {m} |" in summary for m in models)
     for pattern in patterns:  # one table per pattern and scope: all validation trials, the longest one
-        assert summary.count(f"## Missing audio ({pattern} frames replaced by silence)") == 2
+        assert summary.count(f"## Missing audio ({pattern} frames dropped, given zeros at the audio networks' input)") == 2
     page = (results / "reports" / "report.html").read_text()
     iaca = [m for m in models if m.endswith("_iaca")]  # + their two gate figures
     assert page.count("data:image/png;base64,") == 1 + len(patterns) + 4 * len(models) + 2 * len(iaca)
@@ -178,7 +178,10 @@ def test_learning_outputs_and_reports(demo_run):
                 assert set(metrics["missing_audio"][pattern][scope]) == shares
         assert metrics["missing_audio"]["longest_trial"] in folds["folds"][0]["validation"]
     with h5py.File(results / "features" / "silence.h5") as h5:
-        assert h5["mfcc"].shape == (39,) and h5["vggish"].shape == (128,)
+        for fill in ("zeros", "silence"):
+            assert h5[fill]["mfcc"].shape == (39,) and h5[fill]["vggish"].shape == (128,)
+        assert not h5["zeros"]["mfcc"][:].any() and h5["silence"]["mfcc"][:].any()
+        assert not np.array_equal(h5["zeros"]["vggish"][:], h5["silence"]["vggish"][:])
 
 
 def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):

@@ -10,7 +10,7 @@ from vafusion.features.vggish import VggishParams
 from vafusion.jobs import job_logging
 
 with (
-    job_logging(snakemake.log[0], "silence_features"),
+    job_logging(snakemake.log[0], "silence_features", outputs=snakemake.output),
     job_device(snakemake.params.device) as device,
 ):
     silence_features(

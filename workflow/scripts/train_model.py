@@ -6,25 +6,31 @@ from pathlib import Path
 sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 
 from vafusion.devices import job_device
-from vafusion.features.silence import read_silence
+from vafusion.features.silence import read_fill
 from vafusion.jobs import job_logging
+from vafusion.learning.provenance import aligned_record
 from vafusion.learning.train import TrainConfig, train_fold
 
 with (
-    job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} fold {snakemake.wildcards.fold}"),
+    job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} fold {snakemake.wildcards.fold}",
+                outputs=snakemake.output),
     job_device(snakemake.params.device) as device,
 ):
     folds = json.loads(Path(snakemake.input.folds).read_text())
     fold = folds["folds"][int(snakemake.wildcards.fold)]
     aligned = {Path(p).stem: Path(p) for p in snakemake.input.aligned}
+    # the features this model sees (settings, weights), from its fold's trials; stored in model.pt
+    record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]])
+    cfg = TrainConfig.from_dict(snakemake.params.train)
     train_fold(
         snakemake.wildcards.model,
         dict(snakemake.params.hparams),
         fold,
         aligned,
         Path(snakemake.output.model).parent,
-        TrainConfig.from_dict(snakemake.params.train),
-        silence=read_silence(snakemake.input.silence),
+        cfg,
+        audio_fill=read_fill(snakemake.input.silence, cfg.missing_audio.fill),
         device=device,
         threads=snakemake.threads,
+        feature_provenance=record,
     )

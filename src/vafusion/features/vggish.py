@@ -95,42 +95,58 @@ class VggishParams:
         return asdict(self)
 
 
+class VggishEmbedder:
+    """VGGish with its weights (or a seeded random initialisation) and, with ``pca``, the
+    AudioSet PCA: log-mel examples (B, 1, 96, 64) in, embeddings (B, 128) out."""
+
+    def __init__(self, params: VggishParams, *, weights: str | None, pca_weights: str | None = None,
+                 device: torch.device = torch.device("cpu"), seed: int = 0):
+        self.model = VGGish(final_relu=params.final_relu)
+        self.weights_info = load_weights(self.model, weights, what="vggish", seed=seed)
+        self.postprocess = None
+        if params.pca:
+            if pca_weights is None:
+                raise ValueError("features.vggish.pca is on but weights.vggish_pca is null: the PCA needs AudioSet's "
+                                 "parameters")
+            self.postprocess = VGGishPCA()
+            state = read_state_dict(pca_weights, "vggish_pca")
+            self.postprocess.load_state_dict({k: v.reshape(self.postprocess.state_dict()[k].shape).float()
+                                              for k, v in state.items()}, strict=True)
+            self.weights_info["pca_weights"] = str(pca_weights)
+            self.weights_info["pca_weights_sha256"] = sha256sum(pca_weights)
+            self.postprocess.to(device)
+        self.model.to(device).eval()
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, examples: torch.Tensor) -> np.ndarray:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            embedding = self.model(examples.to(self.device))
+            if self.postprocess is not None:
+                embedding = self.postprocess(embedding)
+        return embedding.float().cpu().numpy()
+
+
 def extract_vggish(wav_path: str, meta: dict, out_path: str, params: VggishParams, *,
                    weights: str | None, pca_weights: str | None = None, device: str = "auto",
                    threads: int = 1, seed: int = 0) -> None:
     """Write ``out_path``: (T, 128) VGGish embeddings on the video's frame clock."""
     dev = resolve_device(device)
     set_cpu_threads(threads)
-    model = VGGish(final_relu=params.final_relu)
-    weights_info = load_weights(model, weights, what="vggish", seed=seed)
-    postprocess = None
-    if params.pca:
-        if pca_weights is None:
-            raise ValueError("features.vggish.pca is on but weights.vggish_pca is null: the PCA needs AudioSet's parameters")
-        postprocess = VGGishPCA()
-        state = read_state_dict(pca_weights, "vggish_pca")
-        postprocess.load_state_dict({k: v.reshape(postprocess.state_dict()[k].shape).float() for k, v in state.items()}, strict=True)
-        weights_info["pca_weights"] = str(pca_weights)
-        weights_info["pca_weights_sha256"] = sha256sum(pca_weights)
-        postprocess.to(dev)
-    model.to(dev).eval()
+    embed = VggishEmbedder(params, weights=weights, pca_weights=pca_weights, device=dev, seed=seed)
     front = VGGishFrontEnd(dev)
     times = np.asarray(meta["frame_times"], dtype=np.float64)
     starts = example_starts(times, meta["audio_start_s"])
     attrs = provenance("vggish", {**params.as_dict(), "example": "centred on frame time",
-                                  "sample_rate": SAMPLE_RATE}, weights_info, dev)
+                                  "sample_rate": SAMPLE_RATE}, embed.weights_info, dev)
     attrs["audio_missing"] = bool(meta["audio_missing"])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
     with sf.SoundFile(wav_path) as wav, FeatureFile(out_path, times, EMBEDDING_SIZE, attrs) as out:
         if wav.samplerate != SAMPLE_RATE:
             raise ValueError(f"{wav_path}: sample rate {wav.samplerate}, VGGish needs {SAMPLE_RATE}")
-        with torch.inference_mode(), autocast:
-            progress = Progress(f"vggish of {wav_path}", len(starts))
-            for start, examples in map_blocks(len(starts), params.batch_size,
-                                              lambda lo, hi: examples_for_block(wav, starts[lo:hi], front)):
-                embedding = model(examples)
-                if postprocess is not None:
-                    embedding = postprocess(embedding)
-                out.write(start, embedding.float().cpu().numpy())
-                progress.update(start + len(embedding))
-    log.info("vggish: %d frames -> %s (%s)", len(times), out_path, weights_info["weights"])
+        progress = Progress(f"vggish of {wav_path}", len(starts))
+        for start, examples in map_blocks(len(starts), params.batch_size,
+                                          lambda lo, hi: examples_for_block(wav, starts[lo:hi], front)):
+            embedding = embed(examples)
+            out.write(start, embedding)
+            progress.update(start + len(embedding))
+    log.info("vggish: %d frames -> %s (%s)", len(times), out_path, embed.weights_info["weights"])

@@ -9,6 +9,7 @@ stays flat in the size of the data. Validation and test trials are loaded one at
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 import torch
 
 from vafusion.learning.align import STREAMS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,10 +106,27 @@ def stream_dims(trial: TrialData | StoredTrial) -> dict[str, int]:
 
 
 class Normalizer:
-    """Per-dimension standardisation of each stream, fitted on training trials only."""
+    """Per-dimension standardisation of each stream, fitted on training trials only.
 
-    def __init__(self, mean: dict[str, np.ndarray], std: dict[str, np.ndarray]):
+    A dimension that is (near-)constant over the training frames cannot be standardised:
+    dividing by its tiny spread would multiply any later variation (a dead VGGish unit that
+    wakes up at validation, the zero rows of missing audio) by up to 10^6. Such a dimension
+    carries nothing the model could have learned from, so it is neutralised: it reads 0
+    everywhere, decided from the training statistics alone and recorded with the model
+    (``constant``). Near-constant means a spread below ``CONSTANT_SPREAD`` times the
+    stream's typical spread (the root mean square of its dimensions' standard deviations).
+    """
+
+    CONSTANT_SPREAD = 1e-4
+
+    def __init__(self, mean: dict[str, np.ndarray], std: dict[str, np.ndarray],
+                 constant: dict[str, np.ndarray] | None = None):
         self.mean, self.std = mean, std
+        # models saved before neutralisation floored std at 1e-6: those were the constant dims
+        self.constant = constant if constant is not None else {s: v <= 1e-6 for s, v in std.items()}
+        # x -> (x - mean) * scale; scale 0 on constant dims, so they read 0 whatever comes in
+        self.scale = {s: np.where(self.constant[s], 0.0, 1.0 / np.where(self.constant[s], 1.0, std[s]))
+                      .astype(np.float32) for s in std}
 
     @classmethod
     def fit(cls, trials: Iterable[TrialData | StoredTrial]) -> "Normalizer":
@@ -131,20 +151,43 @@ class Normalizer:
             count += n
         if count == 0:
             raise ValueError("no training frames to fit the feature normalisation on")
-        std = {s: np.maximum(np.sqrt(m2[s] / count), 1e-6).astype(np.float32) for s in mean}  # constant dims stay 0
-        return cls({s: m.astype(np.float32) for s, m in mean.items()}, std)
+        std = {s: np.sqrt(m2[s] / count) for s in mean}
+        constant = {}
+        for s, sd in std.items():
+            typical = float(np.sqrt(np.mean(sd**2))) if sd.size else 0.0
+            constant[s] = sd <= max(cls.CONSTANT_SPREAD * typical, 1e-12)
+            if constant[s].any():
+                dims = np.flatnonzero(constant[s])
+                log.warning("%s: %d of %d dimensions are constant over the training frames (e.g. %s); they are "
+                            "neutralised (0 everywhere) instead of divided by their spread", s, len(dims), sd.size,
+                            ", ".join(map(str, dims[:8])) + (" ..." if len(dims) > 8 else ""))
+        return cls({s: m.astype(np.float32) for s, m in mean.items()},
+                   {s: np.where(constant[s], 1.0, sd).astype(np.float32) for s, sd in std.items()}, constant)
+
+    def normalise(self, stream: str, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(x - mean) * scale of one stream's rows, into ``out`` when given."""
+        out = np.subtract(x, self.mean[stream], out=out)
+        out *= self.scale[stream]
+        return out
 
     def apply(self, trial: TrialData) -> TrialData:
-        streams = {s: (x - self.mean[s]) / self.std[s] for s, x in trial.streams.items()}
+        streams = {s: self.normalise(s, x) for s, x in trial.streams.items()}
         return TrialData(trial.name, streams, trial.labels, trial.valid)
 
     def state(self) -> dict:
         return {"mean": {k: torch.from_numpy(v) for k, v in self.mean.items()},
-                "std": {k: torch.from_numpy(v) for k, v in self.std.items()}}
+                "std": {k: torch.from_numpy(v) for k, v in self.std.items()},
+                "constant": {k: torch.from_numpy(v) for k, v in self.constant.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "Normalizer":
-        return cls({k: v.numpy() for k, v in state["mean"].items()}, {k: v.numpy() for k, v in state["std"].items()})
+        constant = {k: v.numpy().astype(bool) for k, v in state["constant"].items()} if "constant" in state else None
+        return cls({k: v.numpy() for k, v in state["mean"].items()}, {k: v.numpy() for k, v in state["std"].items()},
+                   constant)
+
+    def summary(self) -> dict[str, int]:
+        """Per stream, how many dimensions were neutralised as constant."""
+        return {s: int(c.sum()) for s, c in self.constant.items()}
 
 
 def window_starts(length: int, window: int, hop: int) -> list[int]:
@@ -187,8 +230,7 @@ def make_batch(items: list[tuple[TrialData | StoredTrial, int]], window: int,
             if normalizer is None:
                 streams[s][i, :n] = x
             else:
-                np.subtract(x, normalizer.mean[s], out=streams[s][i, :n])
-                streams[s][i, :n] /= normalizer.std[s]
+                normalizer.normalise(s, x, out=streams[s][i, :n])
         labels[i, :n] = trial.labels[start:stop]
         valid[i, :n] = trial.valid[start:stop]
         padding[i, :n] = False

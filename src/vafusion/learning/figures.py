@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from vafusion.learning.ccc import ccc  # noqa: E402
 from vafusion.learning.results import (MISSING_SCOPES, TARGETS, Run, best_run, missing_audio_curve,  # noqa: E402
-                                       per_trial_ccc, stats, write_per_trial_csv)
+                                       missing_audio_fill, per_trial_ccc, stats, write_per_trial_csv)
 
 # File stem -> title, in the order report.html shows a model's figures.
 MODEL_FIGURES = {
@@ -60,7 +60,7 @@ def plot_ccc_per_fold(rows: list[dict], path: str | Path) -> None:
 
 
 def plot_missing_audio(rows: list[dict], pattern: str, path: str | Path) -> None:
-    """CCC per target against the share of silenced audio frames, over all validation
+    """CCC per target against the share of dropped audio frames, over all validation
     trials (top) and the longest one (bottom, the paper's one-video variant); the paper's
     comparison, RJCA against RJCA + IACA, in bold."""
     models = sorted({r["model"] for r in rows if pattern in r.get("missing_audio", {})})
@@ -78,8 +78,10 @@ def plot_missing_audio(rows: list[dict], pattern: str, path: str | Path) -> None
             ax.set_ylabel("CCC (mean over folds)")
             ax.axhline(0, color="black", linewidth=0.5)
     for ax in axes[1]:
-        ax.set_xlabel(f"audio frames replaced by silence ({pattern}), %")
+        ax.set_xlabel(f"audio frames dropped ({pattern}), %")
     axes[0, 1].legend(fontsize=7)
+    fig.suptitle(f"Missing audio, {pattern} frames dropped; a dropped frame gets {missing_audio_fill(rows)}",
+                 fontsize=11)
     fig.tight_layout()
     save(fig, path)
 
@@ -224,9 +226,11 @@ def plot_gates_over_time(runs: list[Run], path: str | Path) -> None:
 
 
 def plot_gates_missing_audio(runs: list[Run], path: str | Path) -> None:
-    """Top: the mean stage-2 weights on the silenced frames (solid) and on the kept ones
-    (dotted) against the share of silenced audio, mean over folds, one panel per pattern.
-    Bottom: fold 0's longest trial at the largest share, the silenced frames shaded."""
+    """Top: the mean stage-2 weights on the dropped audio frames (solid) and on the kept ones
+    (dotted) against the share of dropped audio, mean over folds, one panel per pattern.
+    Bottom: fold 0's longest trial at the largest share, the dropped frames shaded. The
+    titles name the fill the dropped frames got."""
+    fill = missing_audio_fill([r.metrics for r in runs])
     patterns = [p for p in ("contiguous", "scattered")
                 if any("gates" in r.metrics.get("missing_audio", {}).get(p, {}) for r in runs)]
     fig = plt.figure(figsize=(12, 7.5))
@@ -236,15 +240,15 @@ def plot_gates_missing_audio(runs: list[Run], path: str | Path) -> None:
         per_fold = [r.metrics["missing_audio"][pattern]["gates"] for r in runs
                     if "gates" in r.metrics.get("missing_audio", {}).get(pattern, {})]
         shares = sorted(per_fold[0], key=float)
-        for part, style in (("silenced", "-"), ("kept", ":")):
+        for part, style in (("dropped", "-"), ("kept", ":")):
             for k, (name, color) in enumerate(zip(GATE_PARTS, GATE_COLORS)):
                 values = [stats([f[s][part][k] if f[s][part] is not None else math.nan for f in per_fold])[0]
                           for s in shares]
                 ax.plot([float(s) * 100 for s in shares], values, style, marker="o", color=color,
                         label=f"G_av{k} {name}, {part} frames")
         ax.set_ylim(0, 1)
-        ax.set_title(f"{runs[0].model}: mean stage-2 weight, {pattern} frames silenced", fontsize=10)
-        ax.set_xlabel("audio frames replaced by silence, %")
+        ax.set_title(f"{runs[0].model}: mean stage-2 weight, {pattern} audio frames dropped", fontsize=10)
+        ax.set_xlabel(f"audio frames dropped (given {fill}), %")
         ax.set_ylabel("weight (mean over folds)")
         if col == 0:
             ax.legend(fontsize=6, ncol=2)
@@ -259,8 +263,9 @@ def plot_gates_missing_audio(runs: list[Run], path: str | Path) -> None:
             ax = fig.add_subplot(grid[1, :])
             _stack_gates(ax, gates[:, 4:7])
             ax.fill_between(np.arange(len(dropped)), 0, 1, where=dropped, step="mid", color="black", alpha=0.25,
-                            label="audio silenced")
-            ax.set_title(f"fold {run.fold}, {trial}: {share * 100:.0f} % of the audio frames silenced ({pattern})",
+                            label="audio dropped")
+            ax.set_title(f"fold {run.fold}, {trial}: {share * 100:.0f} % of the audio frames dropped ({pattern}), "
+                         f"given {fill}",
                          fontsize=10)
             ax.set_xlabel("frame")
             ax.legend(fontsize=7, loc="upper right")

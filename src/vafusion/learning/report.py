@@ -18,7 +18,7 @@ import yaml
 
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
 from vafusion.learning.results import (MISSING_SCOPES, TARGETS, load_metrics, missing_audio_curve,
-                                       missing_audio_patterns, stats)
+                                       missing_audio_fill, missing_audio_patterns, stats, unscored)
 from vafusion.weights import sha256sum
 
 COLUMNS = ("model", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
@@ -29,6 +29,16 @@ def _fmt(mean: float, std: float | None = None) -> str:
     if math.isnan(mean):
         return "NaN"
     return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def _relative_change(without: float, with_: float) -> str:
+    """Praveen & Alam's Table 2 Δ: 100 (with - without) / without, in %. Undefined (n/a) for
+    a baseline CCC <= 0, where a ratio would flip or explode; NaN stays NaN."""
+    if math.isnan(without) or math.isnan(with_):
+        return "NaN"
+    if without <= 0:
+        return "n/a"
+    return f"{100 * (with_ - without) / without:+.1f} %"
 
 
 def write_ccc_csv(rows: list[dict], path: str | Path) -> None:
@@ -55,14 +65,23 @@ def summary_markdown(rows: list[dict]) -> str:
         speed = stats([r.get("windows_per_s", math.nan) for r in mine])[0]
         lines.append(f"| {m} | {len(mine)} | {_fmt(*scores['ccc_valence'])} | {_fmt(*scores['ccc_arousal'])} | "
                      f"{_fmt(*scores['ccc_mean'])} | {best_txt} | {speed:.1f} |")
+    missing = unscored(rows)
+    if missing:
+        lines += ["", "Folds without a score for a target (their CCC is NaN; the means above leave them out):",
+                  ""] + [f"- {line}" for line in missing]
     pairs = [(m, f"{m}_iaca") for m in ("ca", "jca", "rjca", "tca") if m in models and f"{m}_iaca" in models]
     if pairs:
         lines += ["", "## With and without the IACA gate", "",
-                  "| attention | target | without IACA | with IACA | difference |", "|---|---|---|---|---|"]
+                  "Δ as in Praveen & Alam's Table 2, a relative change in % of the CCC without IACA: "
+                  "100 (with - without) / without (n/a where the CCC without IACA is not positive); "
+                  "the absolute difference beside it.", "",
+                  "| attention | target | without IACA | with IACA | with - without | Δ (% of without) |",
+                  "|---|---|---|---|---|---|"]
         for base, gated in pairs:
             for c in COLUMNS[2:]:
                 a, b = means[base][c][0], means[gated][c][0]
-                lines.append(f"| {base} | {c.removeprefix('ccc_')} | {_fmt(a)} | {_fmt(b)} | {b - a:+.3f} |")
+                lines.append(f"| {base} | {c.removeprefix('ccc_')} | {_fmt(a)} | {_fmt(b)} | {b - a:+.3f} | "
+                             f"{_relative_change(a, b)} |")
     lines += missing_audio_markdown(rows)
     return "\n".join(lines) + "\n"
 
@@ -71,10 +90,11 @@ def missing_audio_markdown(rows: list[dict]) -> list[str]:
     """Praveen & Alam's missing-audio test: CCC per target, mean over folds."""
     lines = []
     models = sorted({r["model"] for r in rows})
+    fill = missing_audio_fill(rows) if missing_audio_patterns(rows) else None
     for pattern in missing_audio_patterns(rows):
         for scope, scope_name in MISSING_SCOPES:
             shares = missing_audio_curve(rows, models[0], pattern, scope, "valence")[0]
-            lines += ["", f"## Missing audio ({pattern} frames replaced by silence), {scope_name}: "
+            lines += ["", f"## Missing audio ({pattern} frames dropped, given {fill}), {scope_name}: "
                           "CCC valence / arousal, mean over folds", "",
                       "| model | " + " | ".join(f"{s * 100:.0f} %" for s in shares) + " |",
                       "|---|" + "---|" * len(shares)]

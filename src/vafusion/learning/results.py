@@ -36,9 +36,27 @@ class Run:
         return self.metrics["fold"]
 
 
+def read_metrics(path: str | Path) -> dict:
+    """A run's metrics.json; a run without a selected epoch (an untrained model) is refused,
+    so it can never be averaged into a report."""
+    metrics = json.loads(Path(path).read_text())
+    if metrics.get("best_epoch", -1) < 1:
+        raise ValueError(f"{path}: best_epoch {metrics.get('best_epoch')}: this model was never selected at any "
+                         "epoch (an untrained model); retrain it (delete the file) instead of reporting it")
+    return metrics
+
+
 def load_metrics(paths: list[str | Path]) -> list[dict]:
-    rows = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [read_metrics(p) for p in paths]
     return sorted(rows, key=lambda r: (r["model"], r["fold"]))
+
+
+def unscored(rows: list[dict]) -> list[str]:
+    """One line per model and fold that has no CCC for a target (its validation trials had
+    no annotated frame of it; the epoch was selected on the other target)."""
+    return [f"{r['model']} fold {r['fold']}: no annotated {t} frame in its validation trials, so no {t} CCC "
+            f"(epoch selected on {', '.join(r.get('selected_on', []))}); the {t} and mean columns average the "
+            "other folds" for r in rows for t in r.get("unscored_targets", [])]
 
 
 def load_runs(metrics_files: list[str | Path], history_files: list[str | Path],
@@ -47,7 +65,7 @@ def load_runs(metrics_files: list[str | Path], history_files: list[str | Path],
     runs = []
     for metrics, history, predictions in zip(metrics_files, history_files, prediction_files, strict=True):
         with open(history, newline="") as fh:
-            runs.append(Run(json.loads(Path(metrics).read_text()), list(csv.DictReader(fh)), Path(predictions)))
+            runs.append(Run(read_metrics(metrics), list(csv.DictReader(fh)), Path(predictions)))
     return sorted(runs, key=lambda r: (r.model, r.fold))
 
 
@@ -62,6 +80,18 @@ def best_run(runs: list[Run]) -> Run:
     """The run with the highest mean validation CCC (the first one when all are NaN)."""
     scored = [r for r in runs if not math.isnan(r.metrics["ccc_mean"])]
     return max(scored, key=lambda r: r.metrics["ccc_mean"], default=runs[0])
+
+
+FILL_NAMES = {"zeros": "zeros at the audio networks' input", "silence": "features of silent audio"}
+
+
+def missing_audio_fill(rows: list[dict]) -> str:
+    """What the dropped audio frames were given in these runs (``learning.train.missing_audio.fill``),
+    as the reports name it; runs that disagree are an error (their curves cannot be compared)."""
+    fills = {r["missing_audio"].get("fill", "silence") for r in rows if r.get("missing_audio")}
+    if len(fills) > 1:
+        raise ValueError(f"the runs' missing-audio fills differ ({', '.join(sorted(fills))}): rerun them with one")
+    return FILL_NAMES[fills.pop()] if fills else "none"
 
 
 def missing_audio_patterns(rows: list[dict]) -> list[str]:

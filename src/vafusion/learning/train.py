@@ -39,8 +39,9 @@ from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc, ccc_loss
 from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, load_trial, make_batch, open_trial,
                                     stream_dims, window_starts)
+from vafusion.learning.provenance import RECORD_KEY
 from vafusion.models import build_fusion_model
-from vafusion.weights import refused_as_unsafe, safe_load, unsafe_global
+from vafusion.weights import refused_as_unsafe, safe_load, torch_save, unsafe_global
 
 log = logging.getLogger(__name__)
 AUDIO_STREAMS = ("vggish", "mfcc")
@@ -49,10 +50,12 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 @dataclass(frozen=True)
 class MissingAudio:
-    """Praveen & Alam's missing-audio test: a share of the audio frames replaced by silence."""
+    """Praveen & Alam's missing-audio test: a share of the audio frames dropped, i.e. given
+    the ``fill`` rows (``vafusion.features.silence``: "zeros" as the paper, or "silence")."""
 
     shares: tuple[float, ...]
     patterns: tuple[str, ...]  # "contiguous" (one segment per trial) and/or "scattered" frames
+    fill: str
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TrainConfig:
     warmup_epochs: int
     patience: int
     seed: int
+    precision: str  # training forward: "auto" (bf16 autocast on CUDA), "bfloat16" (any device) or "float32"
     missing_audio: MissingAudio
 
     @classmethod
@@ -76,7 +80,7 @@ class TrainConfig:
         values = dict(values)
         missing = values.pop("missing_audio")
         if not isinstance(missing, MissingAudio):
-            missing = MissingAudio(tuple(missing["shares"]), tuple(missing["patterns"]))
+            missing = MissingAudio(tuple(missing["shares"]), tuple(missing["patterns"]), missing["fill"])
         return cls(**values, missing_audio=missing)
 
 
@@ -115,13 +119,13 @@ def missing_frames(trial: TrialData | StoredTrial, share: float, pattern: str, s
     return dropped
 
 
-def drop_audio(trial: TrialData, dropped: np.ndarray, silence: dict[str, np.ndarray]) -> TrialData:
+def drop_audio(trial: TrialData, dropped: np.ndarray, fill: dict[str, np.ndarray]) -> TrialData:
     """The trial (raw, before normalisation) with the audio features of the ``dropped``
-    frames replaced by those of silence."""
+    frames replaced by the ``fill`` rows (zeros at the networks' input, or silence)."""
     streams = dict(trial.streams)
     for s in AUDIO_STREAMS:
         x = streams[s].copy()
-        x[dropped] = silence[s]
+        x[dropped] = fill[s]
         streams[s] = x
     return TrialData(trial.name, streams, trial.labels, trial.valid)
 
@@ -133,6 +137,14 @@ GATE_COLUMNS = ("G_a0", "G_a1", "G_v0", "G_v1", "G_av0", "G_av1", "G_av2")
 
 def has_gate(model: torch.nn.Module) -> bool:
     return getattr(model, "gate", None) is not None
+
+
+def training_autocast(device: torch.device, precision: str):
+    """The training forward's autocast: bfloat16 matmuls on CUDA with ``auto``, on any device
+    (the CPU too, so CI runs the GPU's code path) with ``bfloat16``, never with ``float32``.
+    Predictions and scores never run under it (``predict_trial_and_gates``)."""
+    enabled = precision == "bfloat16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def predict_trial(model: torch.nn.Module, trial: TrialData, cfg: TrainConfig, device: torch.device,
@@ -147,7 +159,10 @@ def predict_trial_and_gates(model: torch.nn.Module, trial: TrialData, cfg: Train
                             smoothing: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """``predict_trial``'s predictions and, for a model with an IACA gate, its (T, 7) gate
     weights (``GATE_COLUMNS``) averaged per frame over the windows like the predictions,
-    not smoothed; None for a model without gate."""
+    not smoothed; None for a model without gate.
+
+    Always float32, whatever the training precision: a bfloat16 output would round every
+    prediction to steps of ~0.004 near +-1 before it is scored and written."""
     model.eval()
     gated = has_gate(model)
     width = 2 + (len(GATE_COLUMNS) if gated else 0)
@@ -157,13 +172,13 @@ def predict_trial_and_gates(model: torch.nn.Module, trial: TrialData, cfg: Train
     for i in range(0, len(starts), cfg.batch_size):
         chunk = starts[i:i + cfg.batch_size]
         batch = make_batch([(trial, s) for s in chunk], cfg.window).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, enabled=False):  # float32 even inside a caller's autocast
             if gated:
                 out, gates = model(batch.streams, batch.padding, return_gates=True)
                 out = torch.cat([out, gates["audio"], gates["visual"], gates["fusion"]], dim=-1)  # (B, L, 9)
             else:
                 out = model(batch.streams, batch.padding)  # (B, L, 2)
-        out = out.float().cpu().numpy()
+        out = out.cpu().numpy()
         for j, start in enumerate(chunk):
             n = min(cfg.window, trial.length - start)
             total[start:start + n] += out[j, :n]
@@ -179,9 +194,8 @@ def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData | Stored
     for j, target in enumerate(("valence", "arousal")):
         pred = np.concatenate([predictions[t.name][t.valid[:, j], j] for t in trials]) if trials else np.array([])
         true = np.concatenate([t.labels[t.valid[:, j], j] for t in trials]) if trials else np.array([])
-        if pred.size == 0:
-            log.warning("no valid %s frame in this fold's validation trials: CCC is NaN", target)
-        scores[f"ccc_{target}"] = ccc(pred, true)
+        # no valid frame: NaN (train_fold has said so once, in selection_targets)
+        scores[f"ccc_{target}"] = ccc(pred, true) if pred.size else math.nan
     scores["ccc_mean"] = (scores["ccc_valence"] + scores["ccc_arousal"]) / 2
     return scores
 
@@ -199,33 +213,34 @@ def evaluate(model, trials: list[StoredTrial], cfg: TrainConfig, device, smoothi
     return fold_ccc(predictions, trials), predictions, gates
 
 
-def missing_audio_scores(model, val: list[StoredTrial], normalizer: Normalizer, silence: dict[str, np.ndarray],
+def missing_audio_scores(model, val: list[StoredTrial], normalizer: Normalizer, fill: dict[str, np.ndarray],
                          cfg: TrainConfig, device, smoothing: int) -> tuple[dict, dict]:
-    """Validation CCC with a share of the audio frames silenced, per pattern, over all
-    validation trials and over the longest one alone (the paper's one-video variant).
+    """Validation CCC with a share of the audio frames dropped (given the ``fill`` rows), per
+    pattern, over all validation trials and over the longest one alone (the paper's
+    one-video variant).
 
     For a model with an IACA gate also: the mean stage-2 gate weights (G_av0..2: audio,
-    visual, joint) on the silenced and on the kept frames of all validation trials, per
+    visual, joint) on the dropped and on the kept frames of all validation trials, per
     share, and, as the second value, the longest trial's gate weights at the largest share
     ({pattern: {"share", "dropped" (T,), "gates" (T, 7)}}), to show where the gate moves."""
     longest = max(val, key=lambda t: t.length, default=None)
-    results: dict = {"longest_trial": longest.name if longest else None}
+    results: dict = {"longest_trial": longest.name if longest else None, "fill": cfg.missing_audio.fill}
     traces: dict = {}
     for pattern in cfg.missing_audio.patterns:
         results[pattern] = {"all_trials": {}, "longest_trial": {}}
         for share in cfg.missing_audio.shares:
             dropped = {t.name: missing_frames(t, share, pattern, cfg.seed) for t in val}
 
-            def silenced(t: StoredTrial) -> TrialData:
-                return normalizer.apply(drop_audio(t.load(), dropped[t.name], silence))
+            def with_audio_dropped(t: StoredTrial) -> TrialData:
+                return normalizer.apply(drop_audio(t.load(), dropped[t.name], fill))
 
-            scores, predictions, gates = evaluate(model, val, cfg, device, smoothing, silenced)
+            scores, predictions, gates = evaluate(model, val, cfg, device, smoothing, with_audio_dropped)
             results[pattern]["all_trials"][f"{share:g}"] = scores
             if longest is not None:
                 results[pattern]["longest_trial"][f"{share:g}"] = fold_ccc(predictions, [longest])
             if gates:
                 results[pattern].setdefault("gates", {})[f"{share:g}"] = {
-                    part: mean_stage2_gates(gates, dropped, part == "silenced") for part in ("silenced", "kept")}
+                    part: mean_stage2_gates(gates, dropped, part == "dropped") for part in ("dropped", "kept")}
                 if longest is not None and share == max(cfg.missing_audio.shares):
                     traces[pattern] = {"share": share, "dropped": dropped[longest.name], "gates": gates[longest.name]}
     return results, traces
@@ -240,6 +255,28 @@ def mean_stage2_gates(gates: dict[str, np.ndarray], frames: dict[str, np.ndarray
 
 
 # --- training --------------------------------------------------------------------------------
+
+TARGETS = ("valence", "arousal")
+
+
+def selection_targets(model_name: str, fold: dict, val: list[StoredTrial]) -> tuple[str, ...]:
+    """The targets whose validation CCC selects the epoch: both, or the one that has valid
+    frames in the fold's validation trials (said loudly, and recorded in the metrics).
+    A fold with no validation frame for either target cannot be scored: that stops the job,
+    since an untrained model must never reach a report."""
+    scorable = tuple(t for j, t in enumerate(TARGETS) if any(v.valid[:, j].any() for v in val))
+    where = f"{model_name} fold {fold['fold']}"
+    trials = ", ".join(fold["validation"]) or "none"
+    if not scorable:
+        raise ValueError(f"{where} cannot be scored: its validation trials ({trials}) have no annotated frame for "
+                         "valence nor arousal (all -5 or empty), so no epoch can be selected; fix the annotations "
+                         "or the folds (learning.n_folds, learning.fold_groups)")
+    for target in TARGETS:
+        if target not in scorable:
+            log.warning("!!! %s: its validation trials (%s) have no annotated %s frame: epochs are selected on %s "
+                        "alone and this fold has no %s CCC (recorded in metrics.json and the report) !!!",
+                        where, trials, target, scorable[0], target)
+    return scorable
 
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     """Linear warm-up over ``warmup_epochs``, then cosine decay to 0 at ``max_epochs``."""
@@ -266,14 +303,17 @@ class TrainState:
 
 
 def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Path], out_dir: str | Path,
-               cfg: TrainConfig, *, silence: dict[str, np.ndarray] | None = None, device: str = "auto",
-               threads: int = 1, stop_after_epochs: int | None = None) -> dict:
+               cfg: TrainConfig, *, audio_fill: dict[str, np.ndarray] | None = None, device: str = "auto",
+               threads: int = 1, stop_after_epochs: int | None = None, feature_provenance: dict | None = None) -> dict:
     """Train ``model_name`` on ``fold`` ({"fold", "train", "validation"} trial lists), write
     model.pt, metrics.json, history.csv and val_predictions.h5 into ``out_dir``.
 
-    ``silence``: the audio features of silence (``vafusion.features.silence``), for the
-    missing-audio test; None skips it. ``hparams["smoothing"]`` (frames, 0: off) smooths
+    ``audio_fill``: the audio features a dropped frame gets in the missing-audio test
+    (``vafusion.features.silence.read_fill`` of ``cfg.missing_audio.fill``); None skips it. ``hparams["smoothing"]`` (frames, 0: off) smooths
     every prediction.
+
+    ``feature_provenance``: what made the features (``vafusion.learning.provenance.aligned_record``),
+    kept in model.pt so that predictions can be checked against it.
 
     ``stop_after_epochs`` interrupts the run after that many epochs in this call (the
     resume test uses it); the checkpoint then carries on in the next call.
@@ -287,6 +327,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     paths = {name: Path(aligned[name]) for name in fold["train"] + fold["validation"]}
     train = [open_trial(paths[n]) for n in fold["train"]]
     val = [open_trial(paths[n]) for n in fold["validation"]]
+    selection = selection_targets(model_name, fold, val)
     normalizer = Normalizer.fit(train)  # training trials only
 
     def normalised(t: StoredTrial) -> TrialData:
@@ -334,7 +375,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
             batch = batch.to(dev)
             if not batch.valid.any():
                 continue
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with training_autocast(dev, cfg.precision):
                 out = model(batch.streams, batch.padding)
             loss = ccc_loss(out.float(), batch.labels, batch.valid)
             optimizer.zero_grad(set_to_none=True)
@@ -348,7 +389,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         scores, _, _ = evaluate(model, val, cfg, dev, smoothing, normalised)
         state.epoch += 1
         epochs_this_call += 1
-        score = scores["ccc_mean"]
+        score = float(np.mean([scores[f"ccc_{t}"] for t in selection]))
         improved = not math.isnan(score) and score > state.best_score
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
@@ -362,36 +403,45 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         log.info("%s fold %d epoch %d: loss %.4f, val CCC v %.3f a %.3f%s", model_name, fold["fold"], state.epoch,
                  state.history[-1]["train_loss"], scores["ccc_valence"], scores["ccc_arousal"], " *" if improved else "")
         with atomic_output(checkpoint) as tmp:
-            torch.save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            torch_save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "best_weights": best_weights,
                         "state": asdict(state), "numpy_rng": rng.bit_generator.state,
                         "torch_rng": torch.get_rng_state()}, tmp)
 
+    if state.best_epoch < 1:
+        raise RuntimeError(f"{model_name} fold {fold['fold']}: no epoch of {state.epoch} had a finite validation CCC "
+                           f"({' + '.join(selection)} on {', '.join(fold['validation'])}; last training loss "
+                           f"{state.history[-1]['train_loss'] if state.history else math.nan:.4g}): the model never "
+                           "trained to a scorable state (diverged to NaN, or constant predictions); nothing is saved")
     model.load_state_dict(best_weights)
     scores, predictions, gates = evaluate(model, val, cfg, dev, smoothing, normalised)
-    robustness, gate_traces = ({}, {}) if silence is None else missing_audio_scores(
-        model, val, normalizer, silence, cfg, dev, smoothing)
+    robustness, gate_traces = ({}, {}) if audio_fill is None else missing_audio_scores(
+        model, val, normalizer, audio_fill, cfg, dev, smoothing)
     throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
     metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
+               "selected_on": [f"ccc_{t}" for t in selection],
+               "unscored_targets": [t for t in TARGETS if t not in selection],
+               "normaliser_constant_dims": normalizer.summary(),
                "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
                "n_train_trials": len(train), "n_validation_trials": len(val),
                "n_valid_frames": {t: int(sum(v.valid[:, j].sum() for v in val)) for j, t in enumerate(("valence", "arousal"))},
                "missing_audio": robustness, "device": str(dev), "cuda_status": cuda_status()[1]}
     write_outputs(out_dir, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, state.history,
-                  predictions, val, gates, gate_traces, robustness.get("longest_trial"))
+                  predictions, val, gates, gate_traces, robustness.get("longest_trial"), feature_provenance)
     checkpoint.unlink(missing_ok=True)
     return metrics
 
 
 def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, history,
-                  predictions, val, gates, gate_traces, longest) -> None:
+                  predictions, val, gates, gate_traces, longest, feature_provenance) -> None:
     """val_predictions.h5: a group per validation trial with ``prediction``, ``label``,
     ``valid`` and, for an IACA model, ``gates`` (T, 7: GATE_COLUMNS); the longest trial's
     group also has ``gates_missing_audio_<pattern>`` with its ``dropped_<pattern>`` frames."""
     with atomic_output(out_dir / "model.pt") as tmp:
-        torch.save({"model_name": model_name, "hparams": hparams, "dims": dims, "state_dict": model.state_dict(),
+        torch_save({"model_name": model_name, "hparams": hparams, "dims": dims, "state_dict": model.state_dict(),
                     "normalizer": normalizer.state(), "train_config": asdict(cfg), "fold": fold["fold"],
-                    "metrics": {k: metrics[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch")}}, tmp)
+                    "metrics": {k: metrics[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch")},
+                    **({RECORD_KEY: feature_provenance} if feature_provenance is not None else {})}, tmp)
     with atomic_output(out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[0]) if history else ["epoch"])
         writer.writeheader()
