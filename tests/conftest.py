@@ -72,7 +72,7 @@ def data_section(dataset: Path) -> dict:
 
 # Test runs train two models for a few epochs on three folds (the full default list and
 # six folds are `make run`'s): Yu et al.'s and the recursive JCA with IACA (the BLSTM and
-# gate paths); three shares of silenced audio, both patterns.
+# gate paths); three shares of dropped audio, both patterns.
 TEST_LEARNING = {"models": ["tcn_transformer", "rjca_iaca"], "max_epochs": 3, "n_folds": 3,
                  "missing_audio": {"shares": [0.0, 0.4, 0.8], "patterns": ["contiguous", "scattered"], "fill": "zeros"}}
 

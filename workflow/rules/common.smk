@@ -1,5 +1,6 @@
 # Trial discovery and input functions. The data folders are scanned once, here, when the
 # workflow is parsed; input functions only look things up in the result.
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,14 @@ def weights_input(name):
 
 # Networks use a GPU unless the config pins them to the CPU (then no gpu is requested).
 GPU_JOB = 0 if config["features"]["device"] == "cpu" else 1
+
+
+def network_threads(input_name, bytes_for_two):
+    """A network job's threads from its input's size, known once the input exists: 2 for a
+    video of more than about half a minute; 1 for a shorter clip, whose job is mostly
+    start-up (imports, weight set-up) that one thread does as fast, so two such jobs side
+    by side keep both cores busy (the demo's 3-s clips: measured in docs/benchmarks.md)."""
+    return lambda wildcards, input: 2 if os.path.getsize(input[input_name]) >= bytes_for_two else 1
 
 
 def feature_outputs():

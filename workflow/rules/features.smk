@@ -37,7 +37,7 @@ rule extract_vggish:
         seed=config["features"]["random_init_seed"],
     log:
         f"{OUT}/logs/extract_vggish/{{video}}.log",
-    threads: 2
+    threads: network_threads("wav", 1_000_000)  # 16 kHz 16-bit mono: 31 s
     resources:
         mem_mb=4000,
         runtime=120,
@@ -60,7 +60,7 @@ rule extract_iresnet50:
         seed=config["features"]["random_init_seed"],
     log:
         f"{OUT}/logs/extract_iresnet50/{{trial}}.log",
-    threads: 2
+    threads: network_threads("faces", 4_000_000)  # ~800 faces (~5 kB each)
     resources:
         mem_mb=4000,
         runtime=240,

@@ -193,7 +193,7 @@ rule plot_missing_audio:
             caption="../report/missing_audio.rst",
             category="4 Missing audio",
             subcategory="all models",
-            labels={"figure": "CCC, {pattern} frames silenced"},
+            labels={"figure": "CCC, {pattern} audio frames dropped"},
         ),
     log:
         f"{OUT}/logs/plot_missing_audio/{{pattern}}.log",

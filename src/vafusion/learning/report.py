@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
-from vafusion.learning.results import (MISSING_SCOPES, TARGETS, load_metrics, missing_audio_curve,
+from vafusion.learning.results import (FILL_NAMES, MISSING_SCOPES, TARGETS, load_metrics, missing_audio_curve,
                                        missing_audio_fill, missing_audio_patterns, stats, unscored)
 from vafusion.weights import sha256sum
 
@@ -179,8 +179,11 @@ def settings_summary(config: dict) -> list[tuple[str, str, bool]]:
             ("settings", f"{learning['n_folds']} folds (fold_seed {learning['fold_seed']}), up to "
                          f"{train['max_epochs']} epochs (patience {train['patience']}), windows of {train['window']} "
                          f"frames every {train['hop']}, batch {train['batch_size']}, {train['optimizer']} lr "
-                         f"{train['lr']}, seed {train['seed']}; device features {config['features']['device']}, "
-                         f"learning {learning['device']}", False)]
+                         f"{train['lr']}, seed {train['seed']}, training precision {train['precision']}; device "
+                         f"features {config['features']['device']}, learning {learning['device']}", False),
+            ("missing audio", f"{', '.join(train['missing_audio']['patterns'])} frames dropped, given "
+                              f"{FILL_NAMES[train['missing_audio']['fill']]} (fill: {train['missing_audio']['fill']})",
+             False)]
 
 
 def _version(package: str) -> str:
