@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("vafusion.weights").setLevel(logging.ERROR)  # said once below, not per recomputation
     torch.set_num_threads(args.threads)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     results = REPO / config["output"]
@@ -89,7 +90,8 @@ def main() -> None:
     device = torch.device("cpu")
     started = time.perf_counter()
     print(f"# Missing audio on the demo run, {time.strftime('%Y-%m-%d %H:%M')}: {len(folds)} folds, shares "
-          f"{', '.join(f'{s:g}' for s in shares)}; CCC valence / arousal over all validation trials, mean over folds")
+          f"{', '.join(f'{s:g}' for s in shares)}; CCC valence / arousal over all validation trials, mean over folds; "
+          f"VGGish weights: {config['weights']['vggish'] or 'RANDOM-INIT (none configured)'}")
 
     cache: dict[tuple[str, float], dict[str, np.ndarray]] = {}  # (trial, share) -> recomputed audio features
     curves: dict[tuple[str, str, str], list[dict]] = {}

@@ -81,8 +81,14 @@ def network_threads(input_name, bytes_for_two):
     """A network job's threads from its input's size, known once the input exists: 2 for a
     video of more than about half a minute; 1 for a shorter clip, whose job is mostly
     start-up (imports, weight set-up) that one thread does as fast, so two such jobs side
-    by side keep both cores busy (the demo's 3-s clips: measured in docs/benchmarks.md)."""
-    return lambda wildcards, input: 2 if os.path.getsize(input[input_name]) >= bytes_for_two else 1
+    by side keep both cores busy (the demo's 3-s clips: measured in docs/benchmarks.md).
+    Before the input exists (a dry run) the rule's full size, 2."""
+
+    def threads(wildcards, input):
+        path = input[input_name]
+        return 2 if not os.path.exists(path) or os.path.getsize(path) >= bytes_for_two else 1
+
+    return threads
 
 
 def feature_outputs():
