@@ -47,11 +47,13 @@ NUMPY_SAFE_GLOBALS = [
 ]
 
 
-def safe_load(path: str | Path, map_location="cpu"):
+def safe_load(path: str | Path, map_location="cpu", mmap: bool = False):
     """``torch.load`` that only rebuilds tensors, plain Python values and numpy arrays;
-    raises pickle.UnpicklingError for anything else (never falls back to full unpickling)."""
+    raises pickle.UnpicklingError for anything else (never falls back to full unpickling).
+    ``mmap``: map the tensors' storage instead of reading it (for a look at the file's
+    other contents)."""
     with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def refused_as_unsafe(err: pickle.UnpicklingError) -> bool:

@@ -29,11 +29,13 @@ new videos seldom have dataset faces; see README, Predicting new videos).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from vafusion.io import atomic_output
 from vafusion.learning.align import STREAMS
 from vafusion.weights import RANDOM_INIT
 
@@ -171,13 +173,10 @@ def read_record(model_path: str | Path) -> dict | None:
     Only the file's structure is read (memory-mapped), not its weights."""
     import pickle
 
-    import torch
-
-    from vafusion.weights import NUMPY_SAFE_GLOBALS
+    from vafusion.weights import safe_load
 
     try:
-        with torch.serialization.safe_globals(NUMPY_SAFE_GLOBALS):
-            saved = torch.load(model_path, map_location="cpu", weights_only=True, mmap=True)
+        saved = safe_load(model_path, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, OSError) as err:
         raise ValueError(f"{model_path}: cannot be read as a trained model: {err}") from None
     record = saved.get(RECORD_KEY) if isinstance(saved, dict) else None
@@ -248,14 +247,8 @@ def cached_sha256(path: str | Path, cache: str | Path | None) -> str:
     if cache is not None:
         table = {k: v for k, v in (table if isinstance(table, dict) else {}).items() if not k.startswith(real + "|")}
         table[key] = digest
-        cache = Path(cache)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.part")
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError), atomic_output(cache) as tmp:
             tmp.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp, cache)
-        except OSError:
-            tmp.unlink(missing_ok=True)
     return digest
 
 

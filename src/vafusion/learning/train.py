@@ -33,6 +33,7 @@ import h5py
 import numpy as np
 import torch
 
+from vafusion.annotations import TARGETS
 from vafusion.devices import cuda_status, resolve_device
 from vafusion.features.common import prefetch
 from vafusion.io import atomic_output
@@ -191,7 +192,7 @@ def predict_trial_and_gates(model: torch.nn.Module, trial: TrialData, cfg: Train
 def fold_ccc(predictions: dict[str, np.ndarray], trials: list[TrialData | StoredTrial]) -> dict[str, float]:
     """CCC per target over all valid frames of ``trials`` concatenated."""
     scores = {}
-    for j, target in enumerate(("valence", "arousal")):
+    for j, target in enumerate(TARGETS):
         pred = np.concatenate([predictions[t.name][t.valid[:, j], j] for t in trials]) if trials else np.array([])
         true = np.concatenate([t.labels[t.valid[:, j], j] for t in trials]) if trials else np.array([])
         # no valid frame: NaN (train_fold has said so once, in selection_targets)
@@ -255,8 +256,6 @@ def mean_stage2_gates(gates: dict[str, np.ndarray], frames: dict[str, np.ndarray
 
 
 # --- training --------------------------------------------------------------------------------
-
-TARGETS = ("valence", "arousal")
 
 
 def selection_targets(model_name: str, fold: dict, val: list[StoredTrial]) -> tuple[str, ...]:
