@@ -36,6 +36,9 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_planning.py
 	$(VENV)/bin/python benchmarks/bench_features.py
 	$(VENV)/bin/python benchmarks/bench_scale.py
+	$(VENV)/bin/python benchmarks/bench_egemaps.py
+	$(VENV)/bin/python benchmarks/bench_dlib.py
+	$(VENV)/bin/python benchmarks/bench_ssl.py
 
 bench-learning: demo
 	$(VENV)/bin/python benchmarks/bench_learning.py

@@ -41,8 +41,10 @@ from vafusion.features.silence import FILLS, read_fill  # noqa: E402
 from vafusion.features.vggish import VggishParams, extract_vggish  # noqa: E402
 from vafusion.learning.align import fit_length  # noqa: E402
 from vafusion.learning.data import TrialData, open_trial  # noqa: E402
-from vafusion.learning.train import (AUDIO_STREAMS, MissingAudio, evaluate, load_model,  # noqa: E402
-                                     missing_audio_scores, missing_frames)
+from vafusion.learning.train import (MissingAudio, evaluate, load_model, missing_audio_scores,  # noqa: E402
+                                     missing_frames)
+
+AUDIO_STREAMS = ("vggish", "mfcc")  # the default stream set's, recomputed here from the waveform
 
 TARGETS = ("valence", "arousal")
 
@@ -85,7 +87,8 @@ def main() -> None:
     results = REPO / config["output"]
     dataset = discover(config["data"])
     folds = json.loads((results / "folds.json").read_text())["folds"]
-    fills = {fill: read_fill(results / "features" / "silence.h5", fill) for fill in FILLS}
+    fills = {fill: read_fill({s: results / "features" / "fills" / f"{s}.h5" for s in AUDIO_STREAMS}, fill)
+             for fill in FILLS}
     shares = config["learning"]["train"]["missing_audio"]["shares"]
     device = torch.device("cpu")
     started = time.perf_counter()
@@ -99,7 +102,7 @@ def main() -> None:
         for fold in folds:
             model, normalizer, cfg, smoothing = load_model(results / "models" / model_name / f"fold{fold['fold']}"
                                                            / "model.pt", device)
-            val = [open_trial(results / "aligned" / f"{n}.h5") for n in fold["validation"]]
+            val = [open_trial(results / "aligned" / "default" / f"{n}.h5") for n in fold["validation"]]
             for fill in FILLS:
                 both = replace(cfg, missing_audio=MissingAudio(tuple(shares), ("contiguous", "scattered"), fill))
                 scores, _ = missing_audio_scores(model, val, normalizer, fills[fill], both, device, smoothing)
@@ -127,7 +130,7 @@ def main() -> None:
     worst = 0.0
     for (name, share), streams in cache.items():
         if share == 0:
-            stored = open_trial(results / "aligned" / f"{name}.h5").load()
+            stored = open_trial(results / "aligned" / "default" / f"{name}.h5").load()
             worst = max(worst, *(float(np.abs(streams[s] - stored.streams[s]).max()) for s in AUDIO_STREAMS))
     print(f"(check: audio features recomputed with nothing dropped differ from the workflow's by at most {worst:.2e})")
 

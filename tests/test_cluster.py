@@ -39,7 +39,7 @@ SUBSET = {
 }
 LOCAL_RULES = {"read_annotation", "align_trial", "make_folds", "plot_model", "plot_gates", "plot_missing_audio",
                "report"}  # the Snakefile's localrules
-NETWORK_RULES = ("extract_vggish", "extract_iresnet50", "silence_features", "train_model", "predict_test")
+NETWORK_RULES = ("extract_vggish", "extract_iresnet50", "fill_vggish", "train_model", "predict_test")
 
 
 def make_subset(demo: Path, target: Path) -> Path:

@@ -21,11 +21,13 @@ SRC = REPO / "src"
 
 
 def rules() -> list[tuple[str, Path, Path]]:
-    """(rule, its script, its env file) for every rule with a script."""
+    """(rule, its script, its env file) for every rule with a script; a rule made in a loop
+    (``rule:`` with a ``name:`` directive, one per feature stream) under its name pattern."""
     found = []
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")) + [REPO / "workflow" / "demo.smk"]:
-        for block in re.split(r"(?m)^rule ", smk.read_text())[1:]:
-            name = block.split(":", 1)[0]
+        for block in re.split(r"(?m)^\s*rule\b ?", smk.read_text())[1:]:
+            named = re.match(r':\s*(?:#[^\n]*\s*)*name:\s*\n\s*(f?"[^"]+")', block)
+            name = named.group(1) if named else block.split(":", 1)[0]
             env = re.search(r'conda:\s*\n\s*"([^"]+)"', block)
             script = re.search(r'script:\s*\n\s*"([^"]+)"', block)
             if script:
@@ -42,8 +44,16 @@ def module_file(name: str) -> Path | None:
     return None
 
 
+def stream_modules() -> list[Path]:
+    """The modules of every built-in feature stream: the registry imports them by name."""
+    from vafusion.features import registry
+
+    return sorted({module_file(s.module) for s in registry.BUILTIN.values()} | {module_file("vafusion.features.external")})
+
+
 def third_party_imports(script: Path) -> set[str]:
-    """Top-level names of the non-stdlib modules ``script`` needs, through vafusion."""
+    """Top-level names of the non-stdlib modules ``script`` needs, through vafusion (and,
+    for an adapter that looks a stream up in the registry, every stream's module)."""
     seen, todo, needed = set(), [script], set()
     while todo:
         path = todo.pop()
@@ -62,6 +72,8 @@ def third_party_imports(script: Path) -> set[str]:
                             todo.append(f)
                     if isinstance(node, ast.ImportFrom):  # from vafusion.x import submodule
                         todo += [f for a in node.names if (f := module_file(f"{name}.{a.name}")) is not None]
+                    if path == script and "registry.get(" in script.read_text():
+                        todo += stream_modules()  # an adapter that runs a stream's extractor, found by name
                 elif top not in sys.stdlib_module_names and top != "__future__":
                     needed.add(top)
     return needed

@@ -1,6 +1,8 @@
-"""Face alignment: the similarity fit, the landmark warp on a real face, gap filling, and
-the faces file's JPEG storage (round trip, the dataset's own JPEGs kept as they are)."""
+"""Face alignment: the similarity fit, the landmark warp on a real face (HOG and CNN
+detectors), gap filling, and the faces file's JPEG storage (round trip, the dataset's own
+JPEGs kept as they are)."""
 
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import torch
 from conftest import GRID, TEST_DATA
 from vafusion.faces import (
     ARCFACE_TEMPLATE,
+    DETECT_SECONDS_PER_MEGAPIXEL,
     FACE_SIZE,
     FaceDetector,
     FaceJpegs,
@@ -24,6 +27,7 @@ from vafusion.faces import (
     alignment_matrix,
     align_trial_faces,
     decode_faces,
+    detection_minutes,
     encode_face,
     pick_face,
     read_cropped_face,
@@ -32,7 +36,7 @@ from vafusion.faces import (
     DetectedFace,
 )
 from vafusion.features.iresnet import decode_faces_torchvision, face_decode_device, read_faces
-from vafusion.video import iter_frames
+from vafusion.video import ffmpeg_binary, iter_frames
 
 # Hand-labelled eye centres of tests/data/astronaut.png (image-left, image-right), pixels.
 ASTRONAUT_EYES = np.array([[205.0, 102.0], [246.0, 103.0]])
@@ -287,3 +291,58 @@ print(len(FaceDetector().detect(rgb)))
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "1"
+
+
+@pytest.fixture(scope="module")
+def cnn_detector():
+    return FaceDetector(kind="cnn")
+
+
+def test_cnn_detector_aligns_a_known_face_like_hog(cnn_detector):
+    """dlib's CNN (MMOD) detector finds the astronaut's face; its box (tighter than HOG's)
+    leads the same 5-point model to the same eyes: within 3 px of the template, and the
+    face lands within 1 px of where HOG's detection puts it (measured: 0.3 px)."""
+    rgb = astronaut_rgb()
+    by_cnn = pick_face(cnn_detector.detect(rgb), None, rgb.shape[1])
+    by_hog = pick_face(FaceDetector(upsample=1).detect(rgb), None, rgb.shape[1])
+    assert by_cnn is not None and by_cnn.box != by_hog.box
+    landed = apply(alignment_matrix(by_cnn.keypoints), ASTRONAUT_EYES)
+    assert np.linalg.norm(landed - ARCFACE_TEMPLATE[:2], axis=1).max() < 3.0, landed
+    # the hog alignment's template points, mapped through the CNN's: the two crops' offset
+    hog_to_cnn = apply(alignment_matrix(by_cnn.keypoints), by_hog.keypoints)
+    assert np.linalg.norm(hog_to_cnn - apply(alignment_matrix(by_hog.keypoints), by_hog.keypoints), axis=1).max() < 1.0
+
+
+def test_cnn_detector_on_a_grid_frame(cnn_detector):
+    rgb = next(iter(iter_frames(GRID / "swiz3n.mpg"))).rgb
+    by_cnn = pick_face(cnn_detector.detect(rgb), None, rgb.shape[1])
+    by_hog = pick_face(FaceDetector().detect(rgb), None, rgb.shape[1])
+    assert by_cnn is not None and by_cnn.box != by_hog.box  # the CNN's own box: tighter
+    assert np.linalg.norm(by_cnn.keypoints - by_hog.keypoints, axis=1).max() < 1.5  # px in the frame (measured 0.5)
+    cnn_face, hog_face = warp_face(rgb, by_cnn.keypoints), warp_face(rgb, by_hog.keypoints)
+    assert np.abs(cnn_face.astype(int) - hog_face).mean() < 3  # the same crop, up to a sub-pixel shift (1.3)
+
+
+def test_faces_file_records_the_detector(tmp_path, cnn_detector):
+    """A three-frame cut of a GRID clip through align_trial_faces with each detector."""
+    clip = tmp_path / "three.mp4"
+    subprocess.run([ffmpeg_binary(), "-nostdin", "-v", "error", "-i", str(GRID / "bbaf2n.mpg"), "-frames:v", "3",
+                    "-an", str(clip)], check=True)
+    for kind, name in (("cnn", "dlib CNN (MMOD) (upsample=0)"), ("hog", "dlib HOG (upsample=0)")):
+        stats = align_trial_faces(clip, tmp_path / f"{kind}.h5", trial="t", detector=kind)
+        with h5py.File(tmp_path / f"{kind}.h5") as h5:
+            assert h5.attrs["detector"] == stats["detector"] == f"{name} + dlib 5-point landmarks"
+            assert h5["face_found"][:].tolist() == [True] * 3
+    with pytest.raises(ValueError, match="hog, cnn"):
+        FaceDetector(kind="mmod")
+
+
+def test_detection_minutes_follow_frames_pixels_and_detector(video_factory):
+    """The align_faces rule's runtime for a detected trial: twice the benchmark's rate."""
+    small = video_factory("small.mp4", seconds=4, size="320x240", audio=False)
+    large = video_factory("large.mp4", seconds=4, size="1280x720", audio=False)
+    expected = math.ceil(2 * 100 * (1280 * 720 / 1e6 * DETECT_SECONDS_PER_MEGAPIXEL["cnn"] + 0.002) / 60) + 10
+    assert detection_minutes(large, "cnn", 0) == expected  # 100 frames at 25 fps
+    assert detection_minutes(large, "cnn", 1) > 3 * detection_minutes(large, "cnn", 0) - 30
+    assert detection_minutes(small, "cnn", 0) < detection_minutes(large, "cnn", 0)
+    assert detection_minutes(small, "hog", 0) < detection_minutes(small, "cnn", 0)

@@ -214,14 +214,20 @@ def test_missing_audio_fills_are_zeros_at_the_networks_input_and_silence(tmp_pat
     """zeros (the paper's "replaced by zeros" at the audio input): MFCC rows of 0, VGGish's
     embedding of an all-zero log-mel example, computed here by the network itself on the
     same seeded weights; silence: the extractors on an all-zero waveform (the old fill)."""
-    from vafusion.features.silence import read_fill, silence_features
+    from vafusion.features import registry
+    from vafusion.features.silence import fill_features, read_fill
     from vafusion.models.vggish import VGGish
     from vafusion.weights import load_weights
 
     final_relu = False  # Google's pre-activation embedding: the fill must follow the setting
     params = VggishParams(batch_size=16, final_relu=final_relu)
-    silence_features(tmp_path / "fills.h5", MfccParams(), params, weights=None, device="cpu", seed=3)
-    zeros, silent = read_fill(tmp_path / "fills.h5", "zeros"), read_fill(tmp_path / "fills.h5", "silence")
+    fills = {}
+    for name, settings in (("mfcc", MfccParams().as_dict()), ("vggish", params.as_dict())):
+        job = registry.ExtractJob(stream=name, output="", settings=settings, weights={"vggish": None}, device="cpu",
+                                  seed=3)
+        fills[name] = tmp_path / f"{name}.h5"
+        fill_features(fills[name], registry.get(name), job)
+    zeros, silent = read_fill(fills, "zeros"), read_fill(fills, "silence")
     assert zeros["mfcc"].shape == (39,) and not zeros["mfcc"].any()
     network = VGGish(final_relu=final_relu)
     load_weights(network, None, what="vggish", seed=3)
@@ -237,4 +243,4 @@ def test_missing_audio_fills_are_zeros_at_the_networks_input_and_silence(tmp_pat
     np.testing.assert_allclose(silent["vggish"], read(tmp_path / "v.h5")[0][37], atol=1e-5)
     assert np.abs(silent["mfcc"]).max() > 1  # the log floor of silence is not zero: a different input
     with pytest.raises(ValueError, match="unknown missing-audio fill 'noise'"):
-        read_fill(tmp_path / "fills.h5", "noise")
+        read_fill(fills, "noise")

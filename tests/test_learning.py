@@ -79,8 +79,8 @@ def write_features(tmp_path, n_frames: int):
         paths[name] = tmp_path / f"{name}.h5"
         with h5py.File(paths[name], "w") as h5:
             h5["features"] = np.arange(n_frames * dim, dtype=np.float32).reshape(n_frames, dim)
-            if name == "iresnet50":
-                h5["face_found"] = np.arange(n_frames) % 3 != 0
+    with h5py.File(tmp_path / "faces.h5", "w") as h5:
+        h5["face_found"] = np.arange(n_frames) % 3 != 0
     meta = tmp_path / "meta.json"
     meta.write_text(json.dumps({"video_fps": 25.0, "audio_missing": False}))
     return paths, meta
@@ -101,7 +101,7 @@ def test_align_trial_pads_trims_and_masks_per_target(tmp_path, n_video):
     features, meta = write_features(tmp_path, n_video)
     labels = write_labels(tmp_path / "labels.h5", [0.1, -5, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
                           [0.1, 0.2, -5, 0.4, 0.5, 0.6, 0.7, -5])
-    align_trial(tmp_path / "a.h5", trial="t", partition="train", features=features, audio_meta=meta, labels=labels)
+    align_trial(tmp_path / "a.h5", trial="t", partition="train", features=features, faces=tmp_path / "faces.h5", audio_meta=meta, labels=labels)
     with h5py.File(tmp_path / "a.h5") as h5:
         assert h5["iresnet50"].shape == (8, 512) and h5["mfcc"].shape == (8, 39)
         source = np.arange(n_video * 39, dtype=np.float32).reshape(n_video, 39)
@@ -117,7 +117,7 @@ def test_align_trial_pads_trims_and_masks_per_target(tmp_path, n_video):
 
 def test_test_trial_length_is_the_video_length(tmp_path):
     features, meta = write_features(tmp_path, 7)
-    align_trial(tmp_path / "a.h5", trial="t", partition="test", features=features, audio_meta=meta, labels=None)
+    align_trial(tmp_path / "a.h5", trial="t", partition="test", features=features, faces=tmp_path / "faces.h5", audio_meta=meta, labels=None)
     with h5py.File(tmp_path / "a.h5") as h5:
         assert h5["vggish"].shape == (7, 128) and not h5["valid_valence"][:].any()
 

@@ -22,11 +22,13 @@ from vafusion.faces import FaceTrackWriter
 from vafusion.features.iresnet import IresnetParams, extract_iresnet50
 from vafusion.features.mfcc import MfccParams, extract_mfcc
 from vafusion.features.vggish import VggishParams, extract_vggish
-from vafusion.learning.align import STREAMS, align_trial
+from vafusion.learning.align import align_trial
 from vafusion.learning.provenance import (RANDOM_INIT, RECORD_KEY, aligned_record, cached_sha256,
                                           check_features, config_record, read_record, record_differences,
                                           trained_run_problems)
 from vafusion.learning.train import TrainConfig, load_model, train_fold
+
+STREAMS = ("iresnet50", "vggish", "mfcc")  # the default stream set (config.yaml learning.streams)
 
 
 def repo_config() -> dict:
@@ -64,11 +66,11 @@ def features(tmp_path_factory):
     aligned = {}
     for trial, partition in (("a", "train"), ("b", "validation")):
         aligned[trial] = tmp / f"{trial}.h5"
-        align_trial(aligned[trial], trial=trial, partition=partition, features=paths, audio_meta=tmp / "clip.json",
+        align_trial(aligned[trial], trial=trial, partition=partition, features=paths, faces=tmp / "faces.h5", audio_meta=tmp / "clip.json",
                     labels=tmp / "labels.h5")
     # workflow/scripts/train_model.py
     fold = {"fold": 0, "train": ["a"], "validation": ["b"]}
-    record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]])
+    record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]], STREAMS)
     cfg = TrainConfig.from_dict({**config["learning"]["train"], "window": n, "hop": n, "max_epochs": 1})
     train_fold("tcn_transformer", config["learning"]["tcn_transformer"], fold, aligned, tmp / "model", cfg,
                device="cpu", feature_provenance=record)
@@ -97,7 +99,7 @@ def no_hashing(path):
 
 
 def test_training_record_keeps_each_streams_settings_and_weights(features, record, tmp_path):
-    assert record == aligned_record(features["aligned"])
+    assert record == aligned_record(features["aligned"], STREAMS)
     assert record["trials"] == 2 and set(record["streams"]) == set(STREAMS)
     vggish = record["streams"]["vggish"]
     assert vggish["params"]["final_relu"] is True and vggish["params"]["sample_rate"] == 16000
@@ -178,13 +180,13 @@ def test_aligned_files_with_different_features_make_no_record(features, tmp_path
         h5.attrs["vggish_provenance"] = json.dumps(kept)
     with pytest.raises(ValueError, match=r"(?s)different settings.*vggish: features.vggish.final_relu: true in the "
                                          r"first, false in the second"):
-        aligned_record([features["aligned"][0], other])
+        aligned_record([features["aligned"][0], other], STREAMS)
     with h5py.File(other, "a") as h5:
         del h5.attrs["mfcc_provenance"]
     with pytest.raises(ValueError, match="keeps no provenance of its mfcc features"):
-        aligned_record([other])
+        aligned_record([other], STREAMS)
     # the prediction job's check: the models' record against the test trials' own files
-    model = trained_model(features, tmp_path / "model.pt", aligned_record(features["aligned"]))
+    model = trained_model(features, tmp_path / "model.pt", aligned_record(features["aligned"], STREAMS))
     check_features([model], features["aligned"])
     shutil.copy(features["aligned"][1], other)
     with h5py.File(other, "a") as h5:

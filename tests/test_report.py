@@ -149,7 +149,7 @@ def test_html_report_has_real_tables_every_figure_and_says_random_init_in_red(tm
     assert "<tr><td>jca</td><td>2</td><td>0.400 ± 0.100</td>" in page
     assert page.count("<b style='color:#c00'>RANDOM-INIT (seed 7)") == 1
     assert f"{weights_file}, sha256 {hashlib.sha256(weights_file.read_bytes()).hexdigest()}" in page
-    assert "vggish_pca: not used" in page
+    assert "weights.vggish_pca" not in page  # features.vggish.pca is off: the PCA file is not part of the run
     assert "training device: cpu: no NVIDIA GPU driver on this machine" in page
     assert "3 videos, 2 train trials, 1 validation trials, 0 test trials" in page
     assert "faces:" not in page  # a config without data/learning sections: no settings line

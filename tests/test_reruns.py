@@ -22,6 +22,21 @@ from vafusion.dataset import discover
 pytestmark = pytest.mark.e2e
 
 
+STREAM_SETS = ("default", "pretrained")  # the test config's sets (conftest.TEST_LEARNING)
+
+
+def align_jobs(trials, stream_sets=STREAM_SETS) -> set[str]:
+    """align_trial of ``trials`` in each stream set (one aligned file per trial and set)."""
+    return {f"align_trial[stream_set={s}, trial={t}]" for s in stream_sets for t in trials}
+
+
+def runs_fusing(config: dict, stream: str) -> list[str]:
+    """The configured runs (<model>[@<set>]) whose stream set holds ``stream``."""
+    from vafusion.learning.streams import flat, run_streams
+
+    return [r for r in config["learning"]["models"] if stream in flat(run_streams(r, config["learning"]))]
+
+
 def learning_jobs(config: dict, models=None) -> set[str]:
     """Every training of ``models``, their test predictions and figures, the cross-model
     figures, the report and the final target."""
@@ -29,7 +44,7 @@ def learning_jobs(config: dict, models=None) -> set[str]:
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     return ({f"train_model[model={m}, fold={k}]" for m in models for k in range(config["learning"]["n_folds"])}
             | jobs_of("predict_test", "model", models) | jobs_of("plot_model", "model", models)
-            | jobs_of("plot_gates", "model", [m for m in models if m.endswith("_iaca")])
+            | jobs_of("plot_gates", "model", [m for m in models if m.split("@")[0].endswith("_iaca")])
             | jobs_of("plot_missing_audio", "pattern", patterns) | {"report", "all"})
 
 
@@ -76,7 +91,7 @@ def test_changed_annotation_reruns_its_trial_and_learning(demo_run):
         lines[5] = "0.123,-0.456" if lines[5] != "0.123,-0.456" else "0.5,0.5"
         annotation.write_text("\n".join(lines) + "\n")
         assert planned_jobs(results.parent, config) == (
-            {"read_annotation[trial=grid_lbax4n]", "align_trial[trial=grid_lbax4n]", "make_folds"}
+            {"read_annotation[trial=grid_lbax4n]", "make_folds"} | align_jobs(["grid_lbax4n"])
             | learning_jobs(config))
     assert planned_jobs(results.parent, config) == set()
 
@@ -93,8 +108,9 @@ def test_new_video_runs_only_its_own_media_jobs(demo_run):
         new = "grid_newcomer"
         assert planned_jobs(results.parent, config) == (
             {f"extract_audio[video={new}]", f"extract_mfcc[video={new}]", f"extract_vggish[video={new}]",
-             f"align_faces[trial={new}]", f"read_annotation[trial={new}]", f"extract_iresnet50[trial={new}]",
-             f"align_trial[trial={new}]", "make_folds"}
+             f"extract_egemaps[video={new}]", f"align_faces[trial={new}]", f"read_annotation[trial={new}]",
+             f"extract_iresnet50[trial={new}]", f"extract_landmarks[trial={new}]",
+             f"extract_face_descriptor[trial={new}]", "make_folds"} | align_jobs([new])
             | learning_jobs(config))
     assert planned_jobs(results.parent, config) == set()
 
@@ -121,33 +137,34 @@ def test_changed_model_parameter_reruns_only_that_model(demo_run):
      ("iresnet50", "batch_size", 8, "extract_iresnet50")],
 )
 def test_changed_feature_parameter_reruns_that_feature_and_what_follows(demo_run, section, key, value, rule):
-    """That extractor's jobs (and, for audio, the silence features), every alignment and the
-    learning; no media job, no other extractor."""
+    """That extractor's jobs (and, for audio, its missing-audio fills), the alignments of the
+    stream sets holding it and the models fusing it; no media job, no other extractor, no
+    model on another stream set."""
     results, config = demo_run
     ds = discover(config["data"])
     changed = copy_config(config)
     changed["features"][section][key] = value
     per_video = section in ("mfcc", "vggish")
     extractor = jobs_of(rule, "video", ds.used_videos) if per_video else jobs_of(rule, "trial", ds.trials)
-    silence = {"silence_features"} if per_video else set()  # the audio features of silence follow the audio extractors
+    fills = {f"fill_{section}"} if per_video else set()  # an audio stream's fills follow its extractor
+    runs = runs_fusing(config, section)
+    assert runs and len(runs) < len(config["learning"]["models"])  # the pretrained set's model stays
     assert planned_jobs(results.parent, changed) == (
-        extractor | silence | jobs_of("align_trial", "trial", ds.trials) | learning_jobs(config))
+        extractor | fills | align_jobs(ds.trials, ["default"]) | learning_jobs(config, runs))
 
 
 def test_changed_script_reruns_its_rule_and_what_follows(demo_run):
     """Snakemake tracks a rule's script (not the package it calls) by modification time."""
     results, config = demo_run
     ds = discover(config["data"])
-    script = REPO / "workflow" / "scripts" / "extract_mfcc.py"
+    script = REPO / "workflow" / "scripts" / "align_trial.py"
     before = script.stat()
     try:
-        os.utime(script)  # now: newer than every MFCC file
-        assert planned_jobs(results.parent, config) == (
-            jobs_of("extract_mfcc", "video", ds.used_videos) | jobs_of("align_trial", "trial", ds.trials)
-            | learning_jobs(config))
+        os.utime(script)  # now: newer than every aligned file
+        assert planned_jobs(results.parent, config) == align_jobs(ds.trials) | learning_jobs(config)
         listed = snakemake(results.parent, "--configfile", str(results.parent / "config.yaml"),
                            "--list-changes", "code").stdout.split()
-        assert set(listed) == {f"results/features/mfcc/{video}.h5" for video in ds.used_videos}
+        assert set(listed) == {f"results/aligned/{s}/{t}.h5" for s in STREAM_SETS for t in ds.trials}
     finally:
         os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert planned_jobs(results.parent, config) == set()

@@ -24,6 +24,7 @@ from conftest import GRID, data_section, snakemake, write_config
 from vafusion.dataset import discover
 from vafusion.faces import FaceJpegs, decode_faces
 from vafusion.learning.data import load_trial
+from vafusion.learning.streams import split_run
 from vafusion.learning.train import load_model, predict_trial
 from vafusion.video import ffmpeg_binary, iter_frames, probe_video
 
@@ -143,10 +144,15 @@ def test_learning_outputs_and_reports(demo_run):
     folds = json.loads((results / "folds.json").read_text())
     assert len(folds["folds"]) == n_folds
     for name, trial in ds.trials.items():
-        with h5py.File(results / "aligned" / f"{name}.h5") as h5:
+        with h5py.File(results / "aligned" / "default" / f"{name}.h5") as h5:
             if trial.annotation is not None:
                 assert h5["iresnet50"].shape[0] == len(trial.annotation.read_text().splitlines()) - 1
             assert h5["vggish"].shape[1] == 128 and h5["mfcc"].shape[1] == 39
+            assert set(h5) == {"iresnet50", "vggish", "mfcc", "valence", "arousal", "valid_valence", "valid_arousal",
+                               "face_found"}  # the default set's streams only
+        with h5py.File(results / "aligned" / "pretrained" / f"{name}.h5") as h5:  # the pretrained set's
+            assert h5["egemaps"].shape[1] == 88 and h5["landmarks"].shape[1] == 136
+            assert h5["face_descriptor"].shape[1] == 128 and "vggish" not in h5
     rows = (results / "reports" / "ccc.csv").read_text().splitlines()
     assert rows[0] == "model,fold,ccc_valence,ccc_arousal,ccc_mean"
     assert len(rows) == 1 + len(models) * n_folds
@@ -177,11 +183,12 @@ def test_learning_outputs_and_reports(demo_run):
             for scope in ("all_trials", "longest_trial"):
                 assert set(metrics["missing_audio"][pattern][scope]) == shares
         assert metrics["missing_audio"]["longest_trial"] in folds["folds"][0]["validation"]
-    with h5py.File(results / "features" / "silence.h5") as h5:
-        for fill in ("zeros", "silence"):
-            assert h5[fill]["mfcc"].shape == (39,) and h5[fill]["vggish"].shape == (128,)
-        assert not h5["zeros"]["mfcc"][:].any() and h5["silence"]["mfcc"][:].any()
-        assert not np.array_equal(h5["zeros"]["vggish"][:], h5["silence"]["vggish"][:])
+    fills = {s: h5py.File(results / "features" / "fills" / f"{s}.h5") for s in ("mfcc", "vggish", "egemaps")}
+    for name, dim in (("mfcc", 39), ("vggish", 128), ("egemaps", 88)):
+        assert fills[name]["zeros"].shape == fills[name]["silence"].shape == (dim,)
+    assert not fills["mfcc"]["zeros"][:].any() and fills["mfcc"]["silence"][:].any()
+    assert not np.array_equal(fills["vggish"]["zeros"][:], fills["vggish"]["silence"][:])
+    assert not fills["egemaps"]["zeros"][:].any()  # eGeMAPS is the model's input: zeros are zeros
 
 
 def test_bad_input_fails_only_its_jobs(demo_dataset, tmp_path):
@@ -268,7 +275,7 @@ def test_predict_new_videos_with_a_trained_run(demo_run, tmp_path):
         lines = (out / "predictions" / model / "test" / "mirrored_bbaf2n.txt").read_text().splitlines()
         assert lines[0] == "valence,arousal" and len(lines) - 1 == n_frames
         written = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
-        trial = load_trial(out / "aligned" / "mirrored_bbaf2n.h5")
+        trial = load_trial(out / "aligned" / split_run(model)[1] / "mirrored_bbaf2n.h5")
         folds = sorted((results / "models" / model).glob("fold*/model.pt"))
         each = []
         for path in folds:

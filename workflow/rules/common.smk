@@ -7,7 +7,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vafusion.dataset import DatasetError, discover
+from vafusion.features import registry
 from vafusion.learning.provenance import trained_run_problems
+from vafusion.learning.streams import flat, run_streams, split_run, stream_problems, stream_sets, used_streams
 from vafusion.models import config_section, settings_problems
 
 
@@ -30,6 +32,12 @@ if config["features"]["vggish"]["pca"] and config["weights"]["vggish_pca"] is No
     raise WorkflowError("features.vggish.pca is true but weights.vggish_pca is null")
 if problems := settings_problems(config["learning"]):
     raise WorkflowError("settings that cannot work together:\n" + "\n".join(problems))
+if problems := stream_problems(config):
+    raise WorkflowError("feature streams that cannot work:\n" + "\n".join(problems))
+
+# The feature streams (vafusion.features.registry); only those some model fuses are made.
+STREAM_SPECS = registry.streams(config)
+USED_STREAMS = used_streams(config)
 
 VIDEOS = DATASET.used_videos
 TRIALS = DATASET.trials
@@ -40,6 +48,16 @@ ANNOTATED = [name for name, t in TRIALS.items() if t.annotation is not None]
 wildcard_constraints:
     video="[^/]+",
     trial="[^/]+",
+    # a fusion model, or <model>@<stream set> (learning.stream_sets)
+    model="[a-z_]+(@[A-Za-z0-9_-]+)?",
+    stream_set="[A-Za-z0-9_-]+",
+
+
+def external_csv(stream, trial):
+    """The CSV file of ``trial`` for a stream of features made elsewhere (features.external)."""
+    from vafusion.features.external import csv_path
+
+    return str(csv_path(stream.settings(config), trial))
 
 
 def trial_video(wildcards):
@@ -91,12 +109,14 @@ def network_threads(input_name, bytes_for_two):
     return threads
 
 
+def stream_file(stream, trial):
+    """A trial's feature file of ``stream``: its video's for a stream made from the WAV."""
+    spec = STREAM_SPECS[stream]
+    return f"{OUT}/features/{stream}/{trial.video if spec.source == 'wav' else trial.name}.h5"
+
+
 def feature_outputs():
-    return (
-        expand(f"{OUT}/features/mfcc/{{video}}.h5", video=VIDEOS)
-        + expand(f"{OUT}/features/vggish/{{video}}.h5", video=VIDEOS)
-        + expand(f"{OUT}/features/iresnet50/{{trial}}.h5", trial=TRIALS)
-    )
+    return sorted({stream_file(stream, trial) for stream in USED_STREAMS for trial in TRIALS.values()})
 
 
 MODELS = config["learning"]["models"]
@@ -124,16 +144,20 @@ elif not ANNOTATED:
 GPU_TRAIN = 0 if config["learning"]["device"] == "cpu" else 1
 
 
+def set_streams(wildcards):
+    """The streams of the stream set ``wildcards.stream_set``, visual first."""
+    return flat(stream_sets(config["learning"])[wildcards.stream_set])
+
+
 def aligned_inputs(wildcards):
-    """A trial's features (its video's audio features, its own faces), audio metadata and
-    validated labels (annotated trials only)."""
+    """A trial's features (each stream of the set: its video's for streams from the WAV, its
+    own otherwise), faces (frame count, face found), audio metadata and validated labels
+    (annotated trials only). One aligned file per stream set: changing one stream's
+    settings reruns the models that fuse it, not the others."""
     trial = TRIALS[wildcards.trial]
-    inputs = {
-        "iresnet50": f"{OUT}/features/iresnet50/{trial.name}.h5",
-        "vggish": f"{OUT}/features/vggish/{trial.video}.h5",
-        "mfcc": f"{OUT}/features/mfcc/{trial.video}.h5",
-        "audio_meta": f"{OUT}/audio/{trial.video}.json",
-    }
+    inputs = {stream: stream_file(stream, trial) for stream in set_streams(wildcards)}
+    inputs["faces"] = f"{OUT}/faces/{trial.name}.h5"
+    inputs["audio_meta"] = f"{OUT}/audio/{trial.video}.json"
     if trial.annotation is not None:
         inputs["labels"] = f"{OUT}/labels/{trial.name}.h5"
     return inputs
@@ -146,7 +170,22 @@ def fold_groups_input():
 
 
 def model_hparams(wildcards):
-    return config["learning"][config_section(wildcards.model)]
+    return config["learning"][config_section(split_run(wildcards.model)[0])]
+
+
+def model_streams(wildcards):
+    return run_streams(wildcards.model, config["learning"])
+
+
+def run_aligned(trials):
+    """Input function: the aligned files of ``trials`` in the stream set of the run ``wildcards.model``."""
+    return lambda wildcards: expand(f"{OUT}/aligned/{{stream_set}}/{{trial}}.h5",
+                                    stream_set=split_run(wildcards.model)[1], trial=trials)
+
+
+def fill_inputs(wildcards):
+    """The missing-audio fills of a run's audio streams (features/fills/<stream>.h5)."""
+    return [f"{OUT}/features/fills/{s}.h5" for s in run_streams(wildcards.model, config["learning"])["audio"]]
 
 
 RUN_OUTPUTS = ("model.pt", "metrics.json", "history.csv", "val_predictions.h5")
@@ -172,7 +211,7 @@ def model_figure_files():
     """Every model's figures (rule plot_model), and the IACA models' gate figures (plot_gates)."""
     files = []
     for model in MODELS:
-        names = MODEL_FIGURES + (GATE_FIGURES if model.endswith("_iaca") else ())
+        names = MODEL_FIGURES + (GATE_FIGURES if split_run(model)[0].endswith("_iaca") else ())
         files += [f"{OUT}/reports/{model}/{name}.png" for name in names]
     return files
 

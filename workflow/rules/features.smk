@@ -1,96 +1,94 @@
-# Feature stage: per-frame MFCC and VGGish per video, IResNet-50 per trial, in HDF5.
-# Each rule's params hold exactly its extractor's settings, so changing one reruns that
-# feature (and what depends on it) and nothing else.
+# Feature stage: one rule per feature stream some configured model fuses (learning.streams,
+# learning.stream_sets), made from the stream's registry entry (vafusion.features.registry):
+# extract_<stream> per video (streams from the WAV) or per trial (from the aligned faces, or
+# imported from CSV files), and for audio streams fill_<stream>, the rows a dropped audio
+# frame gets in the missing-audio test. Each rule's params hold exactly its stream's
+# settings, so changing one reruns that stream (and what depends on it) and nothing else;
+# resources come from the registry entry, sized for Aff-Wild2's longest videos.
 
 
-rule extract_mfcc:
-    input:
-        wav=f"{OUT}/audio/{{video}}.wav",
-        meta=f"{OUT}/audio/{{video}}.json",
-    output:
-        features=f"{OUT}/features/mfcc/{{video}}.h5",
-    params:
-        mfcc={**config["features"]["mfcc"], "sample_rate": config["media"]["sample_rate"]},
-    log:
-        f"{OUT}/logs/extract_mfcc/{{video}}.log",
-    threads: 1
-    resources:
-        mem_mb=1500,
-        runtime=30,
-    conda:
-        "../../envs/features.yaml"
-    script:
-        "../scripts/extract_mfcc.py"
+def stream_weights(stream):
+    """The weights files a stream reads (config paths; the optional ones only when their
+    setting is on): inputs, so that replacing a file reruns the stream."""
+    settings = stream.settings(config)
+    return {key: config["weights"].get(key) for key in stream.weights
+            if key not in stream.optional_weights or settings.get(stream.optional_weights[key])}
 
 
-rule extract_vggish:
-    input:
-        wav=f"{OUT}/audio/{{video}}.wav",
-        meta=f"{OUT}/audio/{{video}}.json",
-        weights=weights_input("vggish"),
-        pca_weights=weights_input("vggish_pca") if config["features"]["vggish"]["pca"] else [],
-    output:
-        features=f"{OUT}/features/vggish/{{video}}.h5",
-    params:
-        vggish=config["features"]["vggish"],
-        device=config["features"]["device"],
-        seed=config["features"]["random_init_seed"],
-    log:
-        f"{OUT}/logs/extract_vggish/{{video}}.log",
-    threads: network_threads("wav", 1_000_000)  # 16 kHz 16-bit mono: 31 s
-    resources:
-        mem_mb=4000,
-        runtime=120,
-        gpu=GPU_JOB,
-    conda:
-        "../../envs/features.yaml"
-    script:
-        "../scripts/extract_vggish.py"
+def stream_inputs(stream):
+    """Input function of extract_<stream>: what its source needs, and its weights files."""
+
+    def inputs(wildcards):
+        if stream.source == "wav":
+            found = {"wav": f"{OUT}/audio/{wildcards.video}.wav", "meta": f"{OUT}/audio/{wildcards.video}.json"}
+        elif stream.source == "faces":
+            found = {"faces": f"{OUT}/faces/{wildcards.trial}.h5"}
+        else:  # csv: the trial's file, on its faces' frame clock
+            found = {"csv": external_csv(stream, wildcards.trial), "faces": f"{OUT}/faces/{wildcards.trial}.h5"}
+        found["weights"] = [p for p in stream_weights(stream).values() if p is not None]
+        return found
+
+    return inputs
 
 
-rule extract_iresnet50:
-    input:
-        faces=f"{OUT}/faces/{{trial}}.h5",
-        weights=weights_input("iresnet50"),
-    output:
-        features=f"{OUT}/features/iresnet50/{{trial}}.h5",
-    params:
-        iresnet50=config["features"]["iresnet50"],
-        device=config["features"]["device"],
-        seed=config["features"]["random_init_seed"],
-    log:
-        f"{OUT}/logs/extract_iresnet50/{{trial}}.log",
-    threads: network_threads("faces", 4_000_000)  # ~800 faces (~5 kB each)
-    resources:
-        mem_mb=4000,
-        runtime=240,
-        gpu=GPU_JOB,
-    conda:
-        "../../envs/features.yaml"
-    script:
-        "../scripts/extract_iresnet50.py"
+for _stream in STREAM_SPECS.values():
+    if _stream.name not in USED_STREAMS:
+        continue
+    _item = "video" if _stream.source == "wav" else "trial"
 
+    rule:
+        name:
+            f"extract_{_stream.name}"
+        input:
+            unpack(stream_inputs(_stream)),
+        output:
+            features=f"{OUT}/features/{_stream.name}/{{{_item}}}.h5",
+        params:
+            stream=_stream.name,
+            settings=_stream.settings(config),
+            weights=stream_weights(_stream),
+            device=config["features"]["device"] if _stream.network else "cpu",
+            seed=config["features"]["random_init_seed"] if _stream.network else -1,
+        log:
+            f"{OUT}/logs/extract_{_stream.name}/{{{_item}}}.log",
+        # networks: threads by input size (1 for a short clip); GPU when there is one
+        threads: network_threads(_stream.source, 1_000_000 if _stream.source == "wav" else 4_000_000) if _stream.network else 1
+        resources:
+            mem_mb=_stream.mem_mb,
+            runtime=_stream.runtime,
+            gpu=GPU_JOB if _stream.network else 0,
+        conda:
+            "../../envs/features.yaml"
+        script:
+            "../scripts/extract_stream.py"
 
-rule silence_features:
-    # What MFCC and VGGish give for all-zero audio: the missing-audio experiment's input.
-    input:
-        weights=weights_input("vggish"),
-        pca_weights=weights_input("vggish_pca") if config["features"]["vggish"]["pca"] else [],
-    output:
-        features=f"{OUT}/features/silence.h5",
-    params:
-        mfcc={**config["features"]["mfcc"], "sample_rate": config["media"]["sample_rate"]},
-        vggish=config["features"]["vggish"],
-        device=config["features"]["device"],
-        seed=config["features"]["random_init_seed"],
-    log:
-        f"{OUT}/logs/silence_features.log",
-    threads: 1
-    resources:
-        mem_mb=3000,
-        runtime=10,
-        gpu=GPU_JOB,
-    conda:
-        "../../envs/features.yaml"
-    script:
-        "../scripts/silence_features.py"
+    if _stream.modality != "audio":
+        continue
+
+    rule:
+        # the rows of a dropped audio frame: zeros at the network's input, and silence
+        name:
+            f"fill_{_stream.name}"
+        input:
+            weights=[p for p in stream_weights(_stream).values() if p is not None],
+            # features made elsewhere: one file gives the width of their all-zero fills
+            example=[f"{OUT}/features/{_stream.name}/{next(iter(TRIALS))}.h5"] if _stream.source == "csv" else [],
+        output:
+            fills=f"{OUT}/features/fills/{_stream.name}.h5",
+        params:
+            stream=_stream.name,
+            settings=_stream.settings(config),
+            weights=stream_weights(_stream),
+            device=config["features"]["device"] if _stream.network else "cpu",
+            seed=config["features"]["random_init_seed"] if _stream.network else -1,
+        log:
+            f"{OUT}/logs/fill_{_stream.name}.log",
+        threads: 1
+        resources:
+            mem_mb=_stream.mem_mb,
+            runtime=10,
+            gpu=GPU_JOB if _stream.network else 0,
+        conda:
+            "../../envs/features.yaml"
+        script:
+            "../scripts/fill_features.py"

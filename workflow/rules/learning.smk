@@ -5,13 +5,14 @@ rule align_trial:
     input:
         unpack(aligned_inputs),
     output:
-        aligned=f"{OUT}/aligned/{{trial}}.h5",
+        aligned=f"{OUT}/aligned/{{stream_set}}/{{trial}}.h5",
     params:
         partition=lambda wildcards: TRIALS[wildcards.trial].partition,
+        streams=set_streams,
         # the file's layout: a new one reruns the rule on existing results
         aligned_format="streams, labels, masks; each stream's feature provenance (<stream>_provenance)",
     log:
-        f"{OUT}/logs/align_trial/{{trial}}.log",
+        f"{OUT}/logs/align_trial/{{stream_set}}/{{trial}}.log",
     threads: 1
     resources:
         mem_mb=2000,
@@ -48,8 +49,8 @@ rule make_folds:
 rule train_model:
     input:
         folds=f"{OUT}/folds.json",
-        aligned=expand(f"{OUT}/aligned/{{trial}}.h5", trial=ANNOTATED),
-        silence=f"{OUT}/features/silence.h5",
+        aligned=run_aligned(ANNOTATED),
+        fills=fill_inputs,
     output:
         model=f"{OUT}/models/{{model}}/fold{{fold}}/model.pt",
         metrics=f"{OUT}/models/{{model}}/fold{{fold}}/metrics.json",
@@ -58,6 +59,7 @@ rule train_model:
     params:
         train=config["learning"]["train"],
         hparams=model_hparams,
+        streams=model_streams,
         device=config["learning"]["device"],
     log:
         f"{OUT}/logs/train_model/{{model}}_fold{{fold}}.log",
@@ -79,7 +81,7 @@ rule train_model:
 rule predict_test:
     input:
         models=fold_models,
-        aligned=expand(f"{OUT}/aligned/{{trial}}.h5", trial=TEST_TRIALS),
+        aligned=run_aligned(TEST_TRIALS),
     output:
         predictions=expand(f"{OUT}/predictions/{{{{model}}}}/test/{{trial}}.txt", trial=TEST_TRIALS),
     params:
@@ -173,7 +175,7 @@ rule plot_gates:
     log:
         f"{OUT}/logs/plot_gates/{{model}}.log",
     wildcard_constraints:
-        model="[a-z]+_iaca",
+        model="[a-z]+_iaca(@[A-Za-z0-9_-]+)?",
     threads: 1
     resources:
         mem_mb=2000,

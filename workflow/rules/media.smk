@@ -21,6 +21,24 @@ rule extract_audio:
         "../scripts/extract_audio.py"
 
 
+FACE_DETECTOR = config["media"].get("face_detector", "hog")  # hog or cnn (vafusion.faces.FaceDetector)
+
+
+def detected(wildcards):
+    """The trial's faces are detected here (it has no cropped_aligned folder of its own)."""
+    return TRIALS[wildcards.trial].cropped_aligned is None
+
+
+def align_faces_runtime(wildcards, input):
+    """Minutes: 120 (HOG, or the dataset's own faces); the CNN's from the video's frame count
+    and size: it takes ~70x HOG's time on a CPU (vafusion.faces.detection_minutes)."""
+    if FACE_DETECTOR != "cnn" or not detected(wildcards):
+        return 120
+    from vafusion.faces import detection_minutes
+
+    return max(120, detection_minutes(input.video, "cnn", config["media"]["face_detector_upsample"]))
+
+
 rule align_faces:
     input:
         unpack(trial_face_inputs),
@@ -28,7 +46,10 @@ rule align_faces:
         faces=f"{OUT}/faces/{{trial}}.h5",
     params:
         side=lambda wildcards: TRIALS[wildcards.trial].side,
-        upsample=config["media"]["face_detector_upsample"],
+        # the detector's settings, only where it runs: changing them reruns the detected
+        # trials, not those with the dataset's own cropped_aligned faces
+        upsample=lambda wildcards: config["media"]["face_detector_upsample"] if detected(wildcards) else None,
+        detector=lambda wildcards: FACE_DETECTOR if detected(wildcards) else None,
         # the file's layout: a new one reruns the rule on existing results
         face_format="packed JPEG per frame (jpegs, jpeg_offsets, face_index)",
     log:
@@ -36,7 +57,7 @@ rule align_faces:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=120,
+        runtime=align_faces_runtime,
     conda:
         "../../envs/media.yaml"
     script:

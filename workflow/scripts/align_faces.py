@@ -13,5 +13,7 @@ with job_logging(snakemake.log[0], f"align_faces {snakemake.wildcards.trial}", o
         trial=snakemake.wildcards.trial,
         side=snakemake.params.side,
         cropped_aligned=snakemake.input.get("cropped_aligned"),
-        upsample=snakemake.params.upsample,
+        # None for a trial with cropped_aligned faces, which runs no detector
+        upsample=snakemake.params.upsample or 0,
+        detector=snakemake.params.detector or "hog",
     )

@@ -20,8 +20,11 @@ with (
     fold = folds["folds"][int(snakemake.wildcards.fold)]
     aligned = {Path(p).stem: Path(p) for p in snakemake.input.aligned}
     # the features this model sees (settings, weights), from its fold's trials; stored in model.pt
-    record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]])
+    streams = snakemake.params.streams
+    record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]],
+                            streams["visual"] + streams["audio"])
     cfg = TrainConfig.from_dict(snakemake.params.train)
+    fills = {Path(p).stem: p for p in snakemake.input.fills}  # features/fills/<stream>.h5
     train_fold(
         snakemake.wildcards.model,
         dict(snakemake.params.hparams),
@@ -29,7 +32,8 @@ with (
         aligned,
         Path(snakemake.output.model).parent,
         cfg,
-        audio_fill=read_fill(snakemake.input.silence, cfg.missing_audio.fill),
+        streams=dict(snakemake.params.streams),
+        audio_fill=read_fill(fills, cfg.missing_audio.fill),
         device=device,
         threads=snakemake.threads,
         feature_provenance=record,

@@ -103,3 +103,9 @@ def extract_iresnet50(faces_path: str, out_path: str, params: IresnetParams, *, 
     if not found.any():
         log.warning("%s: no face in any frame; embeddings of blank frames, face_found all false", faces_path)
     log.info("iresnet50: %d faces -> %s (%s)", len(times), out_path, weights_info["weights"])
+
+
+def extract(job) -> None:
+    """The ``iresnet50`` stream's extractor (``vafusion.features.registry``)."""
+    extract_iresnet50(job.faces, job.output, IresnetParams(**job.settings), weights=job.weights.get("iresnet50"),
+                      device=job.device, threads=job.threads, seed=job.seed)

@@ -123,3 +123,8 @@ def extract_mfcc(wav_path: str, meta: dict, out_path: str, params: MfccParams) -
     attrs["audio_missing"] = bool(meta["audio_missing"])
     with FeatureFile(out_path, times, params.dim, attrs) as out:
         out.write(0, features)
+
+
+def extract(job) -> None:
+    """The ``mfcc`` stream's extractor (``vafusion.features.registry``)."""
+    extract_mfcc(job.wav, job.meta, job.output, MfccParams(**job.settings))

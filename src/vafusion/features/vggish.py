@@ -150,3 +150,17 @@ def extract_vggish(wav_path: str, meta: dict, out_path: str, params: VggishParam
             out.write(start, embedding)
             progress.update(start + len(embedding))
     log.info("vggish: %d frames -> %s (%s)", len(times), out_path, embed.weights_info["weights"])
+
+
+def extract(job) -> None:
+    """The ``vggish`` stream's extractor (``vafusion.features.registry``)."""
+    extract_vggish(job.wav, job.meta, job.output, VggishParams(**job.settings), weights=job.weights.get("vggish"),
+                   pca_weights=job.weights.get("vggish_pca"), device=job.device, threads=job.threads, seed=job.seed)
+
+
+def zero_input_row(job) -> np.ndarray:
+    """(128,) what VGGish gives for an all-zero log-mel example (the missing-audio ``zeros``
+    fill: zeros at the network's input), with the stream's settings and weights."""
+    embed = VggishEmbedder(VggishParams(**job.settings), weights=job.weights.get("vggish"),
+                           pca_weights=job.weights.get("vggish_pca"), device=resolve_device(job.device), seed=job.seed)
+    return embed(torch.zeros(1, 1, EXAMPLE_FRAMES, N_MELS))[0]

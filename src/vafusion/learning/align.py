@@ -19,7 +19,8 @@ from vafusion.annotations import INVALID, TARGETS
 from vafusion.io import atomic_output
 
 log = logging.getLogger(__name__)
-STREAMS = ("iresnet50", "vggish", "mfcc")
+# an aligned file's datasets that are not feature streams
+LABEL_DATASETS = (*TARGETS, *(f"valid_{t}" for t in TARGETS), "face_found")
 
 
 def fit_length(x: np.ndarray, length: int) -> np.ndarray:
@@ -48,19 +49,24 @@ def write_aligned(out_path: str | Path, streams: dict[str, np.ndarray], values: 
 
 
 def align_trial(out_path: str | Path, *, trial: str, partition: str, features: dict[str, str | Path],
-                audio_meta: str | Path, labels: str | Path | None) -> dict:
-    """Write ``out_path`` with the trial's features, labels and masks on T rows."""
+                faces: str | Path, audio_meta: str | Path, labels: str | Path | None) -> dict:
+    """Write ``out_path`` with the trial's ``features`` (stream name -> feature file: every
+    stream some configured model fuses), labels and masks on T rows. ``faces``: the trial's
+    faces file, whose frames are the video's and which says where a face was found."""
     meta = json.loads(Path(audio_meta).read_text())
+    with h5py.File(faces) as h5:
+        face_found = h5["face_found"][:]
+    n_video = len(face_found)
     streams, provenance = {}, {}
-    for name in STREAMS:
-        with h5py.File(features[name]) as h5:
+    for name, path in features.items():
+        with h5py.File(path) as h5:
             streams[name] = h5["features"][:]
             # what made the features, kept for training's record (vafusion.learning.provenance)
             provenance[f"{name}_provenance"] = json.dumps({k: v.item() if hasattr(v, "item") else v
                                                            for k, v in h5.attrs.items()}, sort_keys=True, default=str)
-            if name == "iresnet50":
-                face_found = h5["face_found"][:]
-    n_video = len(streams["iresnet50"])
+        if len(streams[name]) != n_video:  # every stream is on the video's frame clock
+            raise ValueError(f"{path}: {len(streams[name])} rows of {name} features for a video of {n_video} frames "
+                             f"({faces}); rerun its extraction")
     if labels is not None:
         with h5py.File(labels) as h5:
             values = {t: h5[t][:] for t in TARGETS}

@@ -19,8 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from vafusion.learning.align import STREAMS
-
+from vafusion.learning.align import LABEL_DATASETS
 log = logging.getLogger(__name__)
 
 
@@ -73,12 +72,25 @@ class StoredTrial:
         return TrialData(self.name, self.rows(0, self.length), self.labels, self.valid)
 
 
-def open_trial(path: str | Path) -> StoredTrial:
-    """Labels and feature layout of an aligned file (written by ``write_aligned``)."""
+def _missing_streams(h5: h5py.File, streams: Iterable[str]) -> None:
+    if missing := [s for s in streams if s not in h5]:
+        raise ValueError(f"{h5.filename}: holds no {', '.join(missing)} features (aligned for other streams); "
+                         "rerun align_trial")
+
+
+def aligned_streams(h5: h5py.File) -> list[str]:
+    """The feature streams an aligned file holds: its datasets other than labels and masks."""
+    return [name for name in h5 if name not in LABEL_DATASETS]
+
+
+def open_trial(path: str | Path, streams: Iterable[str] | None = None) -> StoredTrial:
+    """Labels and the layout of the ``streams`` (default: all) in an aligned file (``write_aligned``)."""
     path = Path(path)
     with h5py.File(path) as h5:
+        streams = aligned_streams(h5) if streams is None else list(streams)
+        _missing_streams(h5, streams)
         layout = {}
-        for s in STREAMS:
+        for s in streams:
             ds = h5[s]
             offset = ds.id.get_offset()
             if ds.dtype != np.float32 or ds.chunks is not None or ds.compression or (offset is None and ds.size):
@@ -89,11 +101,14 @@ def open_trial(path: str | Path) -> StoredTrial:
                            valid=np.stack([h5["valid_valence"][:], h5["valid_arousal"][:]], axis=1))
 
 
-def load_trial(path: str | Path) -> TrialData:
+def load_trial(path: str | Path, streams: Iterable[str] | None = None) -> TrialData:
+    """An aligned trial in memory: its ``streams`` (default: all), labels and masks."""
     with h5py.File(path) as h5:
+        streams = aligned_streams(h5) if streams is None else list(streams)
+        _missing_streams(h5, streams)
         return TrialData(
             name=str(h5.attrs["trial"]),
-            streams={s: h5[s][:] for s in STREAMS},
+            streams={s: h5[s][:] for s in streams},
             labels=np.stack([h5["valence"][:], h5["arousal"][:]], axis=1),
             valid=np.stack([h5["valid_valence"][:], h5["valid_arousal"][:]], axis=1),
         )

@@ -35,8 +35,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from vafusion.features import registry
 from vafusion.io import atomic_output
-from vafusion.learning.align import STREAMS
 from vafusion.weights import RANDOM_INIT
 
 RECORD_KEY = "feature_provenance"
@@ -44,8 +44,6 @@ RECORD_FORMAT = 1
 NO_NETWORK = ""  # weights_sha256 of a stream that has no network (MFCC)
 # Settings that change how fast features are made, never their values.
 SPEED_ONLY = frozenset({"batch_size", "channels_last"})
-# Streams computed from the WAV: media.sample_rate is one of their settings.
-AUDIO_STREAMS = frozenset({"vggish", "mfcc"})
 # The provenance attributes that say which features a file holds (the rest is per file:
 # device, versions, audio_missing, face source).
 IDENTITY = ("extractor", "params", "weights", "weights_sha256", "weights_seed", "pca_weights", "pca_weights_sha256")
@@ -57,8 +55,11 @@ def _plain(value):
 
 
 def stream_entry(provenance: Mapping) -> dict:
-    """A stream's part of the record, from its feature file's provenance attributes."""
-    entry = {k: _plain(provenance[k]) for k in IDENTITY if k in provenance}
+    """A stream's part of the record, from its feature file's provenance attributes. Features
+    imported from CSV files keep their settings only: each trial's file has its own hash
+    (kept in the feature and aligned files), which says nothing about the features' kind."""
+    identity = IDENTITY if _plain(provenance.get("extractor")) != "external" else ("extractor", "params")
+    entry = {k: _plain(provenance[k]) for k in identity if k in provenance}
     if isinstance(entry.get("params"), str):
         entry["params"] = json.loads(entry["params"])
     return entry
@@ -103,7 +104,9 @@ def stream_differences(stream: str, trained: dict, current: dict, *,
         if t_value is _MISSING or c_value is _MISSING or t_value != c_value:
             found.append((setting_name(stream, key), _value(t_value), _value(c_value)))
     t_sha, c_sha = trained.get("weights_sha256", _MISSING), current.get("weights_sha256", _MISSING)
-    if t_sha == RANDOM_INIT and c_sha == RANDOM_INIT:
+    if "weights_sha256" not in current and keys is None:
+        pass  # a config cannot say: the stream's model ships in a package (its version is compared in the files)
+    elif t_sha == RANDOM_INIT and c_sha == RANDOM_INIT:
         if trained.get("weights_seed") != current.get("weights_seed"):
             found.append(("features.random_init_seed", _value(trained.get("weights_seed", _MISSING)),
                           _value(current.get("weights_seed", _MISSING))))
@@ -122,11 +125,9 @@ def record_differences(trained: dict, current: dict, *, all_keys: bool = False) 
     the settings a user can change, not the extractors' fixed ones)."""
     found = []
     t_streams, c_streams = trained.get("streams", {}), current.get("streams", {})
-    for stream in sorted(set(t_streams) | set(c_streams)):
+    for stream in sorted(t_streams):  # the streams the models fuse; more made here do not matter
         if stream not in c_streams:
             found.append((stream, "stream", "used", "not made here"))
-        elif stream not in t_streams:
-            found.append((stream, "stream", "(not recorded)", "made here"))
         else:
             t, c = t_streams[stream], c_streams[stream]
             keys = set(t.get("params", {})) | set(c.get("params", {})) if all_keys else None
@@ -141,23 +142,27 @@ def format_differences(differences: Iterable[tuple[str, str, str, str]]) -> list
 
 # --- training: the record of a fold's aligned files ------------------------------------------
 
-def aligned_record(paths: Iterable[str | Path]) -> dict:
-    """The record of the features in ``paths`` (aligned files), which must all hold the same
-    features; raises ValueError naming the files otherwise, or when a file keeps no
+def aligned_record(paths: Iterable[str | Path], streams: Iterable[str]) -> dict:
+    """The record of the ``streams`` in ``paths`` (aligned files), which must all hold the
+    same features; raises ValueError naming the files otherwise, or when a file keeps no
     provenance (aligned by an older vafusion, or from feature files without it)."""
     import h5py
 
-    paths = [Path(p) for p in paths]
+    paths, streams = [Path(p) for p in paths], list(streams)
     if not paths:
         raise ValueError("no aligned files to take the feature record from")
     first, first_path = None, None
+    files: dict[str, dict[str, str]] = {s: {} for s in streams}
     for path in paths:
         with h5py.File(path, "r") as h5:
-            kept = {s: h5.attrs.get(f"{s}_provenance") for s in STREAMS}
+            kept = {s: h5.attrs.get(f"{s}_provenance") for s in streams}
         if missing := [s for s, v in kept.items() if not v or "params" not in json.loads(v)]:
             raise ValueError(f"{path}: keeps no provenance of its {', '.join(missing)} features (aligned by an older "
                              f"vafusion, or from feature files without it): delete the aligned files and run again")
         record = {"format": RECORD_FORMAT, "streams": {s: stream_entry(json.loads(v)) for s, v in kept.items()}}
+        for s, v in kept.items():  # features made elsewhere: each trial's file hash, for the reports
+            if record["streams"][s].get("extractor") == "external":
+                files[s][path.stem] = json.loads(v).get("weights_sha256", "")
         if first is None:
             first, first_path = record, path
         elif differences := record_differences(first, record, all_keys=True):
@@ -165,6 +170,9 @@ def aligned_record(paths: Iterable[str | Path]) -> dict:
                              f"one model cannot be trained on both (rerun the feature jobs):\n"
                              + "\n".join(f"  {s}: {k}: {a} in the first, {b} in the second"
                                          for s, k, a, b in differences))
+    for s, hashes in files.items():
+        if hashes:
+            first["streams"][s]["files_sha256"] = hashes
     return {**first, "trials": len(paths)}
 
 
@@ -185,11 +193,16 @@ def read_record(model_path: str | Path) -> dict | None:
 
 # --- a run's own features, from its config ---------------------------------------------------
 
-def stream_params(config: dict) -> dict[str, dict]:
-    """Each stream's extractor settings as the feature rules pass them (workflow/rules/features.smk)."""
-    params = {s: dict(config["features"][s]) for s in STREAMS}
-    for s in AUDIO_STREAMS:
-        params[s]["sample_rate"] = config["media"]["sample_rate"]
+def stream_params(config: dict, streams: Iterable[str]) -> dict[str, dict]:
+    """Each stream's extractor settings as the feature rules pass them (the registry's
+    ``Stream.settings``), with the sample rate for the streams made from the WAV."""
+    known = registry.streams(config)
+    params = {}
+    for s in streams:
+        if s in known:
+            params[s] = dict(known[s].settings(config))
+            if known[s].source == "wav":
+                params[s].setdefault("sample_rate", config["media"]["sample_rate"])
     return params
 
 
@@ -198,6 +211,10 @@ def config_record(config: dict, sha256: Callable[[str], str], trained: Iterable[
     only when some ``trained`` record holds a weights file for that network to compare it
     with: against random-init features, or with no record at all, the file differs anyway."""
     trained = list(trained)
+    from vafusion.learning.streams import used_streams
+
+    known = registry.streams(config)
+    made = used_streams(config)  # the streams this config extracts
 
     def needs_hash(stream: str, prefix: str = "") -> bool:
         return any(r.get("streams", {}).get(stream, {}).get(f"{prefix}weights_sha256") not in (None, RANDOM_INIT,
@@ -206,9 +223,11 @@ def config_record(config: dict, sha256: Callable[[str], str], trained: Iterable[
 
     seed = config["features"]["random_init_seed"]
     streams = {}
-    for stream, params in stream_params(config).items():
-        entry = {"extractor": stream, "params": params}
-        if stream in config["weights"]:  # a network
+    for stream, params in stream_params(config, made).items():
+        entry = {"extractor": "external" if known[stream].source == "csv" else stream, "params": params}
+        # no weights to compare for a stream without a network, or one that ships in a package
+        # (its file's sha256 is compared between feature files: check_features)
+        if stream in known[stream].weights:  # a network with user-supplied weights
             path = config["weights"][stream]
             if path is None:
                 entry.update(weights=RANDOM_INIT, weights_sha256=RANDOM_INIT, weights_seed=seed)
@@ -219,8 +238,6 @@ def config_record(config: dict, sha256: Callable[[str], str], trained: Iterable[
             if params.get("pca") and pca is not None:
                 entry.update(pca_weights=str(pca),
                              pca_weights_sha256=sha256(pca) if needs_hash(stream, "pca_") else None)
-        else:
-            entry.update(weights="none (no network)", weights_sha256=NO_NETWORK, weights_seed=-1)
         streams[stream] = entry
     return {"format": RECORD_FORMAT, "streams": streams}
 
@@ -288,12 +305,13 @@ def check_features(model_paths: Iterable[str | Path], aligned_paths: Iterable[st
     """The prediction job's own check: the test trials' aligned features against every
     model's record (the files themselves, not the config: a feature file left from other
     settings is caught too). Raises ValueError."""
-    here = aligned_record(aligned_paths)
+    aligned_paths = list(aligned_paths)
     for path in model_paths:
         record = read_record(path)
         if record is None:
             raise ValueError(f"{path}: keeps no record of the features it was trained on (trained by an older "
                              f"vafusion); train it again")
+        here = aligned_record(aligned_paths, record["streams"])
         if differences := record_differences(record, here, all_keys=True):
             raise ValueError(f"{path} was trained on other features than the test trials':\n"
                              + "\n".join(format_differences(differences)))

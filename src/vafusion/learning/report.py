@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import math
 import platform
@@ -19,16 +20,18 @@ import yaml
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
 from vafusion.learning.results import (FILL_NAMES, MISSING_SCOPES, TARGETS, load_metrics, missing_audio_curve,
                                        missing_audio_fill, missing_audio_patterns, stats, unscored)
-from vafusion.weights import sha256sum
+from vafusion.learning.streams import DEFAULT_SET, split_run
+from vafusion.weights import RANDOM_INIT, sha256sum
 
 COLUMNS = ("model", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
 PACKAGES = ("vafusion", "torch", "torchaudio", "torchvision", "numpy", "h5py", "snakemake")
 
 
-def _fmt(mean: float, std: float | None = None) -> str:
+def _fmt(mean: float, std: float | None = None, signed: bool = False) -> str:
     if math.isnan(mean):
         return "NaN"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if std is None else f"{text} ± {std:.3f}"
 
 
 def _relative_change(without: float, with_: float) -> str:
@@ -82,8 +85,53 @@ def summary_markdown(rows: list[dict]) -> str:
                 a, b = means[base][c][0], means[gated][c][0]
                 lines.append(f"| {base} | {c.removeprefix('ccc_')} | {_fmt(a)} | {_fmt(b)} | {b - a:+.3f} | "
                              f"{_relative_change(a, b)} |")
+    lines += stream_set_markdown(rows)
     lines += missing_audio_markdown(rows)
     return "\n".join(lines) + "\n"
+
+
+def _streams_text(streams: dict | None) -> str:
+    if not streams:
+        return "(not recorded)"
+    return f"audio {' + '.join(streams['audio'])}; visual {' + '.join(streams['visual'])}"
+
+
+def stream_set_markdown(rows: list[dict]) -> list[str]:
+    """Which streams each run fused and, for every fusion model trained on several stream
+    sets, the sets side by side: CCC mean ± std over folds, and the per-fold difference to
+    the default set (paired by fold: the same validation trials)."""
+    runs = sorted({r["model"] for r in rows})
+    lines = ["", "## Feature streams of each model", "", "| model | fusion model | stream set | streams |",
+             "|---|---|---|---|"]
+    for run in runs:
+        model, stream_set = split_run(run)
+        streams = next((r.get("streams") for r in rows if r["model"] == run), None)
+        lines.append(f"| {run} | {model} | {stream_set} | {_streams_text(streams)} |")
+    by_model: dict[str, list[str]] = {}
+    for run in runs:
+        by_model.setdefault(split_run(run)[0], []).append(run)
+    compared = {m: sorted(rs, key=lambda r: split_run(r)[1] != DEFAULT_SET) for m, rs in by_model.items() if len(rs) > 1}
+    if not compared:
+        return lines
+    lines += ["", "## Stream sets compared (same fusion model, same folds)", "",
+              "CCC mean ± std over folds; the difference to the first set is taken fold by fold (the same "
+              "validation trials) and given as mean ± std over folds. One seed: a difference within the "
+              "folds' spread is not a finding.", "",
+              "| fusion model | stream set | target | CCC | minus the first set | folds |", "|---|---|---|---|---|---|"]
+    for model, rs in compared.items():
+        base = {r["fold"]: r for r in rows if r["model"] == rs[0]}
+        for run in rs:
+            mine = {r["fold"]: r for r in rows if r["model"] == run}
+            for c in COLUMNS[2:]:
+                cell = _fmt(*stats([r[c] for r in mine.values()]))
+                if run == rs[0]:
+                    diff = "-"
+                else:
+                    paired = [mine[f][c] - base[f][c] for f in sorted(set(mine) & set(base))]
+                    diff = _fmt(*stats(paired), signed=True)
+                lines.append(f"| {model} | {split_run(run)[1]} | {c.removeprefix('ccc_')} | {cell} | {diff} | "
+                             f"{len(mine)} |")
+    return lines
 
 
 def missing_audio_markdown(rows: list[dict]) -> list[str]:
@@ -139,19 +187,21 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
     """What the figures stand on, as (label, text, alarm) lines: each network's weights file
     and sha256, or RANDOM-INIT (alarm); the devices the trainings ran on and why (alarm when
     a GPU was there but unusable); package versions; data and run counts."""
-    items = []
+    items = stream_sources(rows)
     pca = config.get("features", {}).get("vggish", {}).get("pca", False)
+    used = {s for r in rows for m in (r.get("streams") or {}).values() for s in m} or set(weights)
     for network, path in weights.items():
-        if path is None and network == "vggish_pca" and not pca:
-            items.append((network, "not used (features.vggish.pca: false)", False))
-        elif path is None:
+        if network.removesuffix("_pca") not in used or (network == "vggish_pca" and not pca):
+            continue  # a network no model fused
+        if path is None:
             seed = config.get("features", {}).get("random_init_seed")
-            items.append((network, f"RANDOM-INIT (seed {seed}): no weights file, these features are not "
-                                   "pretrained embeddings", True))
+            items.append((f"weights.{network}", f"RANDOM-INIT (seed {seed}): no weights file, these features are not "
+                                                "pretrained embeddings", True))
         elif not Path(path).is_file():
-            items.append((network, f"{path}: not found now (the feature files record what was used)", True))
+            items.append((f"weights.{network}", f"{path}: not found now (the feature files record what was used)",
+                          True))
         else:
-            items.append((network, f"{path}, sha256 {sha256sum(path)}", False))
+            items.append((f"weights.{network}", f"{path}, sha256 {sha256sum(path)}", False))
     for device, why in sorted({(r.get("device", "?"), r.get("cuda_status") or "") for r in rows}):
         items.append(("training device", f"{device}: {why}" if why else device, why.startswith("an NVIDIA driver")))
     items += settings_summary(config)
@@ -167,13 +217,46 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
     return items
 
 
+def stream_sources(rows: list[dict]) -> list[tuple[str, str, bool]]:
+    """One line per stream some model fused: what made it, as the feature files recorded it
+    (pretrained file and sha256, package and version, RANDOM-INIT, or the external CSV
+    files' folder and a hash over their hashes), and which models fused it."""
+    sources: dict[str, dict] = {}
+    users: dict[str, set[str]] = {}
+    for r in rows:
+        for stream, source in (r.get("stream_sources") or {}).items():
+            merged = sources.setdefault(stream, dict(source))
+            merged.setdefault("files_sha256", {}).update(source.get("files_sha256") or {})
+            users.setdefault(stream, set()).add(r["model"])
+    items = []
+    for stream, source in sorted(sources.items()):
+        used_by = f" (fused by {', '.join(sorted(users[stream]))})"
+        sha = source.get("weights_sha256")
+        if source.get("extractor") == "external":
+            files = source.get("files_sha256") or {}
+            digest = hashlib.sha256("".join(f"{t}:{h}\n" for t, h in sorted(files.items())).encode()).hexdigest()
+            folder = (source.get("params") or {}).get("folder", "?")
+            items.append((f"stream {stream}", f"external CSV files in {folder}: {len(files)} trials, sha256 of their "
+                                              f"sha256s {digest}{used_by}", False))
+        elif sha == RANDOM_INIT:
+            items.append((f"stream {stream}", f"RANDOM-INIT {source.get('extractor')} (seed "
+                                              f"{source.get('weights_seed')}): not a pretrained network{used_by}",
+                          True))
+        elif sha:
+            items.append((f"stream {stream}", f"{source.get('weights')}, sha256 {sha}{used_by}", False))
+        else:
+            items.append((f"stream {stream}", f"{source.get('weights') or 'no network'}{used_by}", False))
+    return items
+
+
 def settings_summary(config: dict) -> list[tuple[str, str, bool]]:
     """The settings a reader asks for first (the whole configuration is config.yaml)."""
     data, learning = config.get("data"), config.get("learning")
     if not data or not learning:
         return []
     faces = (f"the dataset's cropped_aligned frames ({data['cropped_aligned']})" if data.get("cropped_aligned")
-             else f"detected and aligned here (dlib HOG, upsample {config['media']['face_detector_upsample']})")
+             else f"detected and aligned here (dlib {config['media'].get('face_detector', 'hog').upper()}, upsample "
+                  f"{config['media']['face_detector_upsample']})")
     train = learning["train"]
     return [("faces", faces, False),
             ("settings", f"{learning['n_folds']} folds (fold_seed {learning['fold_seed']}), up to "

@@ -41,11 +41,14 @@ from vafusion.learning.ccc import ccc, ccc_loss
 from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, load_trial, make_batch, open_trial,
                                     stream_dims, window_starts)
 from vafusion.learning.provenance import RECORD_KEY
+from vafusion.features.registry import by_modality
+from vafusion.learning.streams import split_run
 from vafusion.models import build_fusion_model
 from vafusion.weights import refused_as_unsafe, safe_load, torch_save, unsafe_global
 
 log = logging.getLogger(__name__)
-AUDIO_STREAMS = ("vggish", "mfcc")
+# the streams of a model.pt saved before stream sets (it records none): Yu et al.'s set
+STREAMS_OF_OLDER_MODELS = {"audio": ["vggish", "mfcc"], "visual": ["iresnet50"]}
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -122,9 +125,10 @@ def missing_frames(trial: TrialData | StoredTrial, share: float, pattern: str, s
 
 def drop_audio(trial: TrialData, dropped: np.ndarray, fill: dict[str, np.ndarray]) -> TrialData:
     """The trial (raw, before normalisation) with the audio features of the ``dropped``
-    frames replaced by the ``fill`` rows (zeros at the networks' input, or silence)."""
+    frames replaced by the ``fill`` rows (one per audio stream: zeros at the networks'
+    input, or silence)."""
     streams = dict(trial.streams)
-    for s in AUDIO_STREAMS:
+    for s in fill:
         x = streams[s].copy()
         x[dropped] = fill[s]
         streams[s] = x
@@ -302,14 +306,17 @@ class TrainState:
 
 
 def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Path], out_dir: str | Path,
-               cfg: TrainConfig, *, audio_fill: dict[str, np.ndarray] | None = None, device: str = "auto",
-               threads: int = 1, stop_after_epochs: int | None = None, feature_provenance: dict | None = None) -> dict:
-    """Train ``model_name`` on ``fold`` ({"fold", "train", "validation"} trial lists), write
-    model.pt, metrics.json, history.csv and val_predictions.h5 into ``out_dir``.
+               cfg: TrainConfig, *, streams: dict[str, list[str]] | None = None, audio_fill: dict[str, np.ndarray] | None = None,
+               device: str = "auto", threads: int = 1, stop_after_epochs: int | None = None,
+               feature_provenance: dict | None = None) -> dict:
+    """Train ``model_name`` (a fusion model, or a run ``<model>@<stream set>``) on ``fold``
+    ({"fold", "train", "validation"} trial lists) with the feature ``streams`` ({"audio":
+    [...], "visual": [...]}; None: every stream the aligned files hold), write model.pt, metrics.json, history.csv and
+    val_predictions.h5 into ``out_dir``.
 
-    ``audio_fill``: the audio features a dropped frame gets in the missing-audio test
-    (``vafusion.features.silence.read_fill`` of ``cfg.missing_audio.fill``); None skips it. ``hparams["smoothing"]`` (frames, 0: off) smooths
-    every prediction.
+    ``audio_fill``: the row a dropped frame gets per audio stream in the missing-audio test
+    (``vafusion.features.silence.read_fill`` of ``cfg.missing_audio.fill``); None skips it.
+    ``hparams["smoothing"]`` (frames, 0: off) smooths every prediction.
 
     ``feature_provenance``: what made the features (``vafusion.learning.provenance.aligned_record``),
     kept in model.pt so that predictions can be checked against it.
@@ -324,8 +331,11 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     # torch.use_deterministic_algorithms is not needed there and costs up to 10x.
     torch.set_num_threads(max(1, threads))
     paths = {name: Path(aligned[name]) for name in fold["train"] + fold["validation"]}
-    train = [open_trial(paths[n]) for n in fold["train"]]
-    val = [open_trial(paths[n]) for n in fold["validation"]]
+    if streams is None:
+        streams = by_modality(open_trial(paths[fold["train"][0]]).layout)
+    names = streams["visual"] + streams["audio"]
+    train = [open_trial(paths[n], names) for n in fold["train"]]
+    val = [open_trial(paths[n], names) for n in fold["validation"]]
     selection = selection_targets(model_name, fold, val)
     normalizer = Normalizer.fit(train)  # training trials only
 
@@ -336,7 +346,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     smoothing = int(hparams.get("smoothing", 0))
 
     torch.manual_seed(cfg.seed)
-    model = build_fusion_model(model_name, dims, hparams, window=cfg.window).to(dev)
+    model = build_fusion_model(split_run(model_name)[0], dims, hparams, window=cfg.window, streams=streams).to(dev)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
     rng = np.random.default_rng(cfg.seed)
@@ -344,7 +354,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     checkpoint = out_dir / "last.pt"
-    key = fingerprint(model_name, hparams, cfg, fold, paths)
+    key = fingerprint(model_name, {**hparams, "streams": streams}, cfg, fold, paths)
     if checkpoint.exists():
         saved = load_checkpoint(checkpoint, dev)
         if saved.get("fingerprint") == key:
@@ -415,9 +425,10 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     model.load_state_dict(best_weights)
     scores, predictions, gates = evaluate(model, val, cfg, dev, smoothing, normalised)
     robustness, gate_traces = ({}, {}) if audio_fill is None else missing_audio_scores(
-        model, val, normalizer, audio_fill, cfg, dev, smoothing)
+        model, val, normalizer, {s: audio_fill[s] for s in streams["audio"]}, cfg, dev, smoothing)
     throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
     metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
+               "streams": streams, "stream_sources": stream_sources(feature_provenance),
                "selected_on": [f"ccc_{t}" for t in selection],
                "unscored_targets": [t for t in TARGETS if t not in selection],
                "normaliser_constant_dims": normalizer.summary(),
@@ -425,19 +436,29 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                "n_train_trials": len(train), "n_validation_trials": len(val),
                "n_valid_frames": {t: int(sum(v.valid[:, j].sum() for v in val)) for j, t in enumerate(("valence", "arousal"))},
                "missing_audio": robustness, "device": str(dev), "cuda_status": cuda_status()[1]}
-    write_outputs(out_dir, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, state.history,
+    write_outputs(out_dir, model, model_name, hparams, dims, streams, normalizer, cfg, fold, metrics, state.history,
                   predictions, val, gates, gate_traces, robustness.get("longest_trial"), feature_provenance)
     checkpoint.unlink(missing_ok=True)
     return metrics
 
 
-def write_outputs(out_dir: Path, model, model_name, hparams, dims, normalizer, cfg, fold, metrics, history,
+def stream_sources(record: dict | None) -> dict:
+    """Per stream, what made its features (from the record of ``aligned_record``), for the
+    reports: extractor, weights and sha256 (or RANDOM-INIT and seed), settings for external
+    features with each trial file's hash."""
+    keys = ("extractor", "weights", "weights_sha256", "weights_seed", "files_sha256")
+    return {s: {k: e[k] for k in keys if k in e} | ({"params": e["params"]} if e.get("extractor") == "external" else {})
+            for s, e in ((record or {}).get("streams") or {}).items()}
+
+
+def write_outputs(out_dir: Path, model, model_name, hparams, dims, streams, normalizer, cfg, fold, metrics, history,
                   predictions, val, gates, gate_traces, longest, feature_provenance) -> None:
     """val_predictions.h5: a group per validation trial with ``prediction``, ``label``,
     ``valid`` and, for an IACA model, ``gates`` (T, 7: GATE_COLUMNS); the longest trial's
     group also has ``gates_missing_audio_<pattern>`` with its ``dropped_<pattern>`` frames."""
     with atomic_output(out_dir / "model.pt") as tmp:
-        torch_save({"model_name": model_name, "hparams": hparams, "dims": dims, "state_dict": model.state_dict(),
+        torch_save({"model_name": model_name, "hparams": hparams, "dims": dims, "streams": streams,
+                    "state_dict": model.state_dict(),
                     "normalizer": normalizer.state(), "train_config": asdict(cfg), "fold": fold["fold"],
                     "metrics": {k: metrics[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch")},
                     **({RECORD_KEY: feature_provenance} if feature_provenance is not None else {})}, tmp)
@@ -478,10 +499,14 @@ def load_checkpoint(path: str | Path, device: torch.device) -> dict:
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Normalizer, TrainConfig, int]:
-    """(model, its normaliser, its training settings, its smoothing in frames)."""
+    """(model, its normaliser, its training settings, its smoothing in frames); the model's
+    streams are ``model.fused_streams``."""
     saved = load_checkpoint(path, device)
     cfg = TrainConfig.from_dict(saved["train_config"])
-    model = build_fusion_model(saved["model_name"], saved["dims"], saved["hparams"], window=cfg.window).to(device)
+    streams = saved.get("streams", STREAMS_OF_OLDER_MODELS)
+    model = build_fusion_model(split_run(saved["model_name"])[0], saved["dims"], saved["hparams"], window=cfg.window,
+                               streams=streams).to(device)
+    model.fused_streams = streams
     model.load_state_dict(saved["state_dict"])
     return model.eval(), Normalizer.from_state(saved["normalizer"]), cfg, int(saved["hparams"].get("smoothing", 0))
 
@@ -494,13 +519,15 @@ def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path],
     models = [load_model(p, dev) for p in model_paths]
     out_dir = Path(out_dir)
     for name, path in sorted(aligned.items()):
-        trial = load_trial(path)
         with h5py.File(path) as h5:  # one prediction per decoded video frame
-            n_video = int(h5.attrs.get("n_video_frames", trial.length))
-        if trial.length != n_video:
-            raise ValueError(f"{path}: {trial.length} rows for a video of {n_video} decoded frames")
-        mean = np.mean([predict_trial(m, norm.apply(trial), cfg, dev, smoothing)
-                        for m, norm, cfg, smoothing in models], axis=0)
+            n_video = int(h5.attrs.get("n_video_frames", -1))
+        predictions = []
+        for m, norm, cfg, smoothing in models:
+            trial = load_trial(path, m.fused_streams["visual"] + m.fused_streams["audio"])
+            if n_video >= 0 and trial.length != n_video:
+                raise ValueError(f"{path}: {trial.length} rows for a video of {n_video} decoded frames")
+            predictions.append(predict_trial(m, norm.apply(trial), cfg, dev, smoothing))
+        mean = np.mean(predictions, axis=0)
         with atomic_output(out_dir / f"{name}.txt") as tmp:
             lines = ["valence,arousal"] + [f"{v:.6f},{a:.6f}" for v, a in mean]
             tmp.write_text("\n".join(lines) + "\n")

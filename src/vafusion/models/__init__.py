@@ -22,17 +22,24 @@ def config_section(name: str) -> str:
     return "tcn_transformer" if name == "tcn_transformer" else "cross_attention"
 
 
-def build_fusion_model(name: str, dims: dict[str, int], hparams: dict, window: int) -> nn.Module:
-    """A fusion model by name, from its config section and the training window length
-    (JCA's W_c and the Transformer's positions are built for it)."""
+def build_fusion_model(name: str, dims: dict[str, int], hparams: dict, window: int,
+                       streams: dict[str, list[str]] | None = None) -> nn.Module:
+    """A fusion model by name, from its config section, the training window length (JCA's
+    W_c and the Transformer's positions are built for it) and the streams it fuses per
+    modality (``streams``: {"audio": [...], "visual": [...]}; None: every stream of ``dims``,
+    by its registry modality; ``dims``: each stream's width)."""
+    from vafusion.features.registry import by_modality
+
+    streams = by_modality(dims) if streams is None else streams
     from vafusion.models.av_fusion import AudioVisualFusion, AvFusionConfig
     from vafusion.models.tcn_transformer import TcnTransformer, TcnTransformerConfig
 
     if name == "tcn_transformer":
-        return TcnTransformer(dims, _pick(TcnTransformerConfig, hparams), window)
+        ordered = streams["visual"] + streams["audio"]
+        return TcnTransformer({s: dims[s] for s in ordered}, _pick(TcnTransformerConfig, hparams), window)
     if name in FUSION_MODELS:
         attention, _, gate = name.partition("_")
-        return AudioVisualFusion(dims, attention, iaca=gate == "iaca", cfg=_pick(AvFusionConfig, hparams),
+        return AudioVisualFusion(dims, streams, attention, iaca=gate == "iaca", cfg=_pick(AvFusionConfig, hparams),
                                  window=window)
     raise ValueError(f"unknown model '{name}'; known: {', '.join(FUSION_MODELS)}")
 
@@ -41,7 +48,7 @@ def settings_problems(learning: dict) -> list[str]:
     """What in ``learning`` (config.yaml) passes the schema but cannot build a configured
     model, each naming the key and the rule it breaks; checked when the workflow is parsed,
     before any job runs (plain arithmetic: no torch import in every job's parse)."""
-    models = learning["models"]
+    models = [run.partition("@")[0] for run in learning["models"]]  # fusion models of <model>@<stream set> runs
     tcn, ca = learning["tcn_transformer"], learning["cross_attention"]
     problems = []
     if "tcn_transformer" in models and tcn["d_model"] % tcn["n_heads"]:

@@ -1,6 +1,6 @@
 """The frame shared by the cross-attention family (CA, JCA, RJCA, TCA), with or without the
-IACA gate: the audio stream (VGGish + MFCC) and the visual stream (IResNet-50) are
-projected to a common width d, for CA and TCA given the temporal context of a clip
+IACA gate: the audio streams (e.g. VGGish + MFCC) and the visual streams (e.g. IResNet-50)
+of the run's stream set are concatenated per modality and projected to a common width d, for CA and TCA given the temporal context of a clip
 (``clip_context``; JCA and RJCA see frame order themselves), cross-attended, fused (concatenation, or the IACA two-stage
 gate), for RJCA passed through the joint BLSTM, and mapped per frame to valence and arousal.
 """
@@ -20,9 +20,6 @@ from vafusion.models.joint_cross_attention import JointCrossAttention
 from vafusion.models.recursive_joint_cross_attention import RecursiveJointCrossAttention
 from vafusion.models.sequence import BiLstm
 from vafusion.models.transformer_cross_attention import TransformerCrossAttention
-
-AUDIO_STREAMS = ("vggish", "mfcc")
-VISUAL_STREAMS = ("iresnet50",)
 
 
 @dataclass(frozen=True)
@@ -54,12 +51,17 @@ def build_attention(kind: str, cfg: AvFusionConfig, window: int) -> nn.Module:
 
 
 class AudioVisualFusion(nn.Module):
-    def __init__(self, dims: dict[str, int], attention: str, iaca: bool, cfg: AvFusionConfig, window: int):
+    def __init__(self, dims: dict[str, int], streams: dict[str, list[str]], attention: str, iaca: bool,
+                 cfg: AvFusionConfig, window: int):
         super().__init__()
-        audio_dim = sum(dims[s] for s in AUDIO_STREAMS)
-        visual_dim = sum(dims[s] for s in VISUAL_STREAMS)
-        # Our features are not the papers' (167-d audio, 512-d face embedding): a linear
-        # projection per modality brings both to d, as the reference code's encoders do.
+        self.audio_streams, self.visual_streams = tuple(streams["audio"]), tuple(streams["visual"])
+        audio_dim = sum(dims[s] for s in self.audio_streams)
+        visual_dim = sum(dims[s] for s in self.visual_streams)
+        # Our features are not the papers' (167-d audio, 512-d face embedding): one linear
+        # projection per modality brings its streams, concatenated, to d, as the reference
+        # code's encoders do. Concatenate-then-project, not project-each-then-combine: the
+        # papers fuse one feature vector per modality, and a linear map of the concatenation
+        # is the sum of per-stream linear maps (as expressive, with fewer parts to tune).
         self.project_audio = nn.Sequential(nn.Linear(audio_dim, cfg.dim), nn.Dropout(cfg.dropout))
         self.project_visual = nn.Sequential(nn.Linear(visual_dim, cfg.dim), nn.Dropout(cfg.dropout))
         # per-frame features have no temporal context, the papers' clip features do: CA and TCA
@@ -77,8 +79,8 @@ class AudioVisualFusion(nn.Module):
     def forward(self, streams: dict[str, torch.Tensor], padding_mask: torch.Tensor | None = None,
                 return_gates: bool = False):
         # streams[name]: (B, L, D_name); padding_mask: (B, L), True where the frame is padding
-        audio = self.project_audio(torch.cat([streams[s] for s in AUDIO_STREAMS], dim=-1))  # X_a^T: (B, L, d)
-        visual = self.project_visual(torch.cat([streams[s] for s in VISUAL_STREAMS], dim=-1))  # X_v^T: (B, L, d)
+        audio = self.project_audio(torch.cat([streams[s] for s in self.audio_streams], dim=-1))  # X_a^T: (B, L, d)
+        visual = self.project_visual(torch.cat([streams[s] for s in self.visual_streams], dim=-1))  # X_v^T: (B, L, d)
         if self.context_audio is not None:  # CA, TCA: clip context, still (B, L, d)
             audio, visual = self.context_audio(audio, padding_mask), self.context_visual(visual, padding_mask)
         if isinstance(self.attention, RecursiveJointCrossAttention):

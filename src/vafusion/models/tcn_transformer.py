@@ -1,6 +1,6 @@
 """TCN + Transformer fusion, Yu et al. (ABAW6 valence-arousal), Sec. 3.3.
 
-Each feature stream (IResNet-50, VGGish, MFCC) gets its own temporal convolutional network
+Each feature stream (Yu et al.'s: IResNet-50, VGGish, MFCC; any set of streams here) gets its own temporal convolutional network
 (Bai et al.'s TCN: dilated causal 1-D convolutions with residual connections), giving
 f^_1, f^_2, f^_3; then
 
@@ -27,11 +27,16 @@ from torch.nn.utils.parametrizations import weight_norm
 from vafusion.models.heads import FrameHead
 
 
+def tcn_widths(tcn_channels: dict, stream: str) -> tuple[int, ...]:
+    """A stream's TCN block widths: its own entry of ``tcn_channels``, else ``default``."""
+    return tuple(tcn_channels[stream] if stream in tcn_channels else tcn_channels["default"])
+
+
 @dataclass(frozen=True)
 class TcnTransformerConfig:
     """``learning.tcn_transformer`` of config.yaml (defaults live there only)."""
 
-    tcn_channels: dict[str, tuple[int, ...]]  # per stream: one block per entry, dilation 2**i
+    tcn_channels: dict[str, tuple[int, ...]]  # per stream (or "default"): one block per entry, dilation 2**i
     kernel_size: int
     tcn_dropout: float
     d_model: int
@@ -84,11 +89,11 @@ class TcnTransformer(nn.Module):
     def __init__(self, dims: dict[str, int], cfg: TcnTransformerConfig, window: int):
         super().__init__()
         self.streams = tuple(dims)  # e.g. ("iresnet50", "vggish", "mfcc")
+        widths = {name: tcn_widths(cfg.tcn_channels, name) for name in dims}
         self.tcns = nn.ModuleDict({
-            name: TemporalConvNet(dim, tuple(cfg.tcn_channels[name]), cfg.kernel_size, cfg.tcn_dropout)
-            for name, dim in dims.items()
+            name: TemporalConvNet(dim, widths[name], cfg.kernel_size, cfg.tcn_dropout) for name, dim in dims.items()
         })
-        self.project = nn.Linear(sum(cfg.tcn_channels[name][-1] for name in dims), cfg.d_model)
+        self.project = nn.Linear(sum(widths[name][-1] for name in dims), cfg.d_model)
         self.register_buffer("positions", sinusoidal_positions(window, cfg.d_model), persistent=False)
         layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.n_heads, dim_feedforward=cfg.feedforward,
                                            dropout=cfg.transformer_dropout, batch_first=True)
@@ -98,7 +103,7 @@ class TcnTransformer(nn.Module):
     def forward(self, streams: dict[str, torch.Tensor], padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         # streams[name]: (B, L, D_name); padding_mask: (B, L), True where the frame is padding
         encoded = [self.tcns[name](streams[name].transpose(1, 2)) for name in self.streams]  # (B, C, L) each
-        f = torch.cat(encoded, dim=1).transpose(1, 2)  # Eq. 1, f = concat(f^_1, f^_2, f^_3): (B, L, 3C)
+        f = torch.cat(encoded, dim=1).transpose(1, 2)  # Eq. 1, f = concat(f^_1, f^_2, f^_3): (B, L, sum C)
         x = self.project(f) + self.positions[: f.shape[1]]  # (B, L, d_model)
         x = self.encoder(x, src_key_padding_mask=padding_mask)  # (B, L, d_model)
         return self.head(x, padding_mask)  # (B, L, 2)

@@ -1,0 +1,201 @@
+"""Feature streams as plug-ins: a stream registered in a test is extracted, aligned, given a
+missing-audio fill and trained on by a fusion model with no other module edited; stream
+configurations that cannot work stop at planning, naming the key."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import REPO, snakemake, write_config
+from vafusion.audio import extract_audio
+from vafusion.faces import FaceTrackWriter, encode_face
+from vafusion.features import registry
+from vafusion.features.silence import fill_features, read_fill
+from vafusion.learning.align import align_trial
+from vafusion.learning.data import load_trial
+from vafusion.learning.provenance import aligned_record
+from vafusion.learning.streams import run_streams, split_run, stream_problems, used_streams
+from vafusion.learning.train import TrainConfig, load_model, train_fold
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+# Two streams written here, as a user's plug-in module would be: the audio one from the WAV
+# on the video's frame clock, the visual one from the aligned faces.
+PLUGIN = '''
+import h5py
+import numpy as np
+import soundfile as sf
+import torch
+
+from vafusion.faces import FaceJpegs, decode_faces
+from vafusion.features.common import FeatureFile, provenance
+
+
+def extract(job):
+    if job.stream == "test_loudness":  # log RMS and its square, over 40 ms centred on each frame
+        samples, rate = sf.read(job.wav, dtype="float32")
+        times = np.asarray(job.meta["frame_times"])
+        rows = []
+        for t in times:
+            centre = int(round((t - job.meta["audio_start_s"]) * rate))
+            window = samples[max(0, centre - 320):centre + 320]
+            level = float(np.log(np.sqrt(np.mean(window**2)) + job.settings["floor"])) if len(window) else 0.0
+            rows.append([level, level**2])
+    else:  # test_brightness: mean of each colour channel of the face
+        with h5py.File(job.faces) as h5:
+            times = h5["timestamps"][:]
+            faces = decode_faces(FaceJpegs(h5)[:])
+        rows = faces.reshape(len(faces), -1, 3).mean(axis=1) / 255.0
+    attrs = provenance(job.stream, dict(job.settings), None, torch.device("cpu"))
+    with FeatureFile(job.output, times, len(rows[0]), attrs) as out:
+        out.write(0, np.asarray(rows, np.float32))
+'''
+
+
+@pytest.fixture
+def plugin_streams(tmp_path, monkeypatch):
+    module = tmp_path / "plugin" / "my_streams.py"
+    module.parent.mkdir()
+    module.write_text(textwrap.dedent(PLUGIN))
+    monkeypatch.syspath_prepend(str(module.parent))
+    audio = registry.register(registry.Stream(
+        "test_loudness", "audio", "wav", "my_streams", 2, lambda config: {"floor": 1e-4}, "log loudness"))
+    visual = registry.register(registry.Stream(
+        "test_brightness", "visual", "faces", "my_streams", 3, lambda config: {}, "face colour"))
+    yield audio, visual
+    registry.unregister(audio.name)
+    registry.unregister(visual.name)
+    sys.modules.pop("my_streams", None)
+
+
+def make_trial(tmp: Path, name: str, seconds: float, rng) -> dict:
+    """A video with a tone that gets louder and a face that gets brighter; labels follow both."""
+    from conftest import make_video
+
+    video = make_video(tmp / f"{name}.mp4", seconds=seconds)
+    meta = extract_audio(video, tmp / f"{name}.wav", tmp / f"{name}.json")
+    n = len(meta["frame_times"])
+    ramp = np.linspace(0, 1, n) ** (1 + rng.random())
+    with h5py.File(tmp / f"{name}_faces.h5", "w") as h5:
+        writer = FaceTrackWriter(h5)
+        for t, level in zip(meta["frame_times"], ramp):
+            writer.add(t, encode_face(np.full((112, 112, 3), int(40 + 180 * level), np.uint8)))
+        writer.flush()
+    with h5py.File(tmp / f"{name}_labels.h5", "w") as h5:
+        h5["valence"] = (ramp - 0.5).astype(np.float32)
+        h5["arousal"] = (0.5 - ramp).astype(np.float32)
+    return {"meta": meta, "n": n}
+
+
+def test_a_stream_registered_here_is_extracted_aligned_filled_and_trained_on(plugin_streams, tmp_path):
+    audio, visual = plugin_streams
+    streams = {"audio": [audio.name], "visual": [visual.name]}
+    rng = np.random.default_rng(0)
+    names = [f"t{i}" for i in range(5)]
+    trials = {n: make_trial(tmp_path, n, 1.0 + 0.2 * i, rng) for i, n in enumerate(names)}
+    aligned = {}
+    for name in names:
+        features = {}
+        for stream in (audio, visual):  # the workflow's extract_<stream> job, through the registry
+            features[stream.name] = tmp_path / f"{name}_{stream.name}.h5"
+            stream.extractor()(registry.ExtractJob(
+                stream=stream.name, output=str(features[stream.name]), settings=stream.settings(CONFIG),
+                wav=str(tmp_path / f"{name}.wav"), meta=trials[name]["meta"], faces=str(tmp_path / f"{name}_faces.h5")))
+        aligned[name] = tmp_path / f"{name}_aligned.h5"
+        align_trial(aligned[name], trial=name, partition="train", features=features,
+                    faces=tmp_path / f"{name}_faces.h5", audio_meta=tmp_path / f"{name}.json",
+                    labels=tmp_path / f"{name}_labels.h5")
+    with h5py.File(aligned["t0"]) as h5:
+        assert h5["test_loudness"].shape == (trials["t0"]["n"], 2) and h5["test_brightness"].shape[1] == 3
+        assert json.loads(h5.attrs["test_loudness_provenance"])["extractor"] == "test_loudness"
+
+    # the missing-audio fills, by the stream's own extractor on silence
+    fills_path = tmp_path / "fills.h5"
+    fill_features(fills_path, audio, registry.ExtractJob(stream=audio.name, output="", settings={"floor": 1e-4}))
+    fills = read_fill({audio.name: fills_path}, "silence")
+    assert fills[audio.name] == pytest.approx([np.log(1e-4), np.log(1e-4) ** 2], rel=1e-4)  # log of the floor
+    assert not read_fill({audio.name: fills_path}, "zeros")[audio.name].any()  # hand-made: zeros at the model's input
+
+    fold = {"fold": 0, "train": names[:4], "validation": names[4:]}
+    record = aligned_record([aligned[n] for n in names], streams["visual"] + streams["audio"])
+    cfg = TrainConfig.from_dict({**CONFIG["learning"]["train"], "window": 20, "hop": 10, "max_epochs": 3,
+                                 "missing_audio": {"shares": [0.0, 0.5], "patterns": ["contiguous"],
+                                                   "fill": "zeros"}})
+    for model in ("jca", "tcn_transformer"):
+        section = "tcn_transformer" if model == "tcn_transformer" else "cross_attention"
+        metrics = train_fold(model, CONFIG["learning"][section], fold, aligned, tmp_path / model, cfg,
+                             streams=streams, audio_fill=read_fill({audio.name: fills_path}, "zeros"), device="cpu",
+                             feature_provenance=record)
+        assert metrics["streams"] == streams and np.isfinite(metrics["ccc_mean"])
+        assert metrics["stream_sources"][audio.name]["extractor"] == "test_loudness"
+        assert set(metrics["missing_audio"]["contiguous"]["all_trials"]) == {"0", "0.5"}
+        net, normalizer, _, _ = load_model(tmp_path / model / "model.pt", torch.device("cpu"))
+        assert net.fused_streams == streams and set(normalizer.mean) == {audio.name, visual.name}
+    # the TCN + Transformer keeps one TCN per stream, widths from tcn_channels' default
+    assert set(net.tcns) == {audio.name, visual.name}
+    assert net.tcns[audio.name][-1].conv2.out_channels == CONFIG["learning"]["tcn_transformer"]["tcn_channels"][
+        "default"][-1]
+
+
+def test_a_model_reads_only_its_stream_set_from_an_aligned_file(tmp_path):
+    """Each run fuses the streams of its set, in the order visual then audio."""
+    learning = copy.deepcopy(CONFIG["learning"])
+    learning["stream_sets"] = {"small": {"audio": ["mfcc"], "visual": ["landmarks"]}}
+    assert run_streams("jca@small", learning) == {"audio": ["mfcc"], "visual": ["landmarks"]}
+    assert run_streams("jca", learning) == learning["streams"]
+    assert split_run("rjca_iaca@small") == ("rjca_iaca", "small") and split_run("ca") == ("ca", "default")
+    config = {**copy.deepcopy(CONFIG), "learning": {**learning, "models": ["jca", "ca@small"]}}
+    assert used_streams(config) == ["iresnet50", "vggish", "mfcc", "landmarks"]
+
+
+def bad(change) -> list[str]:
+    config = copy.deepcopy(CONFIG)
+    change(config)
+    return stream_problems(config)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["learning"]["streams"].update(audio=["vggish", "opensmile"]),
+     "learning.streams.audio: unknown stream 'opensmile'"),
+    (lambda c: c["learning"]["streams"].update(visual=["mfcc"]), "learning.streams.visual: 'mfcc' is an audio stream"),
+    (lambda c: c["learning"]["stream_sets"]["pretrained"].update(visual=[]),
+     "learning.stream_sets.pretrained.visual: empty"),
+    (lambda c: c["learning"].update(models=["jca@nosuchset"]),
+     "learning.models: 'jca@nosuchset' names the stream set 'nosuchset'"),
+    (lambda c: c["learning"]["streams"].update(audio=["wav2vec2"]),
+     "weights.wav2vec2: the stream 'wav2vec2' needs a checkpoint"),
+    (lambda c: (c["learning"]["tcn_transformer"]["tcn_channels"].pop("default"),
+                c["learning"].update(models=["tcn_transformer@pretrained"])),
+     "learning.tcn_transformer.tcn_channels: no widths for the stream 'landmarks'"),
+    (lambda c: c["features"]["external"].update(iresnet50={"modality": "visual", "folder": "x", "columns": ["a"]}),
+     "features.external.iresnet50: 'iresnet50' is a built-in stream's name"),
+])
+def test_stream_configurations_that_cannot_work_name_their_key(change, message):
+    problems = bad(change)
+    assert any(message in p for p in problems), problems
+
+
+def test_the_default_configuration_has_no_stream_problem():
+    assert stream_problems(CONFIG) == []
+
+
+@pytest.mark.e2e
+def test_the_workflow_stops_at_planning_on_an_unknown_stream(demo_dataset, tmp_path):
+    path = write_config(tmp_path, demo_dataset)
+    config = yaml.safe_load(path.read_text())
+    config["learning"]["stream_sets"]["pretrained"]["visual"] = ["landmarks", "action_units"]
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0
+    assert "learning.stream_sets.pretrained.visual: unknown stream 'action_units'" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
