@@ -73,6 +73,24 @@ def trial_face_inputs(wildcards):
     return inputs
 
 
+FACE_DETECTOR = config["media"]["face_detector"]  # hog or cnn (vafusion.faces.FaceDetector)
+
+
+def detected(wildcards):
+    """The trial's faces are detected here (it has no cropped_aligned folder of its own)."""
+    return TRIALS[wildcards.trial].cropped_aligned is None
+
+
+def align_faces_runtime(wildcards, input):
+    """Minutes: 120 (HOG, or the dataset's own faces); the CNN's from the video's frame count
+    and size: it takes ~70x HOG's time on a CPU (vafusion.faces.detection_minutes)."""
+    if FACE_DETECTOR != "cnn" or not detected(wildcards):
+        return 120
+    from vafusion.faces import detection_minutes
+
+    return max(120, detection_minutes(input.video, "cnn", config["media"]["face_detector_upsample"]))
+
+
 def trial_annotation(wildcards):
     return str(TRIALS[wildcards.trial].annotation)
 
@@ -113,6 +131,30 @@ def stream_file(stream, trial):
     """A trial's feature file of ``stream``: its video's for a stream made from the WAV."""
     spec = STREAM_SPECS[stream]
     return f"{OUT}/features/{stream}/{trial.video if spec.source == 'wav' else trial.name}.h5"
+
+
+def stream_weights(stream):
+    """The weights files a stream reads (config paths; the optional ones only when their
+    setting is on): inputs, so that replacing a file reruns the stream."""
+    settings = stream.settings(config)
+    return {key: config["weights"].get(key) for key in stream.weights
+            if key not in stream.optional_weights or settings.get(stream.optional_weights[key])}
+
+
+def stream_inputs(stream):
+    """Input function of extract_<stream>: what its source needs, and its weights files."""
+
+    def inputs(wildcards):
+        if stream.source == "wav":
+            found = {"wav": f"{OUT}/audio/{wildcards.video}.wav", "meta": f"{OUT}/audio/{wildcards.video}.json"}
+        elif stream.source == "faces":
+            found = {"faces": f"{OUT}/faces/{wildcards.trial}.h5"}
+        else:  # csv: the trial's file, on its faces' frame clock
+            found = {"csv": external_csv(stream, wildcards.trial), "faces": f"{OUT}/faces/{wildcards.trial}.h5"}
+        found["weights"] = [p for p in stream_weights(stream).values() if p is not None]
+        return found
+
+    return inputs
 
 
 def feature_outputs():

@@ -7,30 +7,6 @@
 # resources come from the registry entry, sized for Aff-Wild2's longest videos.
 
 
-def stream_weights(stream):
-    """The weights files a stream reads (config paths; the optional ones only when their
-    setting is on): inputs, so that replacing a file reruns the stream."""
-    settings = stream.settings(config)
-    return {key: config["weights"].get(key) for key in stream.weights
-            if key not in stream.optional_weights or settings.get(stream.optional_weights[key])}
-
-
-def stream_inputs(stream):
-    """Input function of extract_<stream>: what its source needs, and its weights files."""
-
-    def inputs(wildcards):
-        if stream.source == "wav":
-            found = {"wav": f"{OUT}/audio/{wildcards.video}.wav", "meta": f"{OUT}/audio/{wildcards.video}.json"}
-        elif stream.source == "faces":
-            found = {"faces": f"{OUT}/faces/{wildcards.trial}.h5"}
-        else:  # csv: the trial's file, on its faces' frame clock
-            found = {"csv": external_csv(stream, wildcards.trial), "faces": f"{OUT}/faces/{wildcards.trial}.h5"}
-        found["weights"] = [p for p in stream_weights(stream).values() if p is not None]
-        return found
-
-    return inputs
-
-
 for _stream in STREAM_SPECS.values():
     if _stream.name not in USED_STREAMS:
         continue

@@ -21,24 +21,6 @@ rule extract_audio:
         "../scripts/extract_audio.py"
 
 
-FACE_DETECTOR = config["media"].get("face_detector", "hog")  # hog or cnn (vafusion.faces.FaceDetector)
-
-
-def detected(wildcards):
-    """The trial's faces are detected here (it has no cropped_aligned folder of its own)."""
-    return TRIALS[wildcards.trial].cropped_aligned is None
-
-
-def align_faces_runtime(wildcards, input):
-    """Minutes: 120 (HOG, or the dataset's own faces); the CNN's from the video's frame count
-    and size: it takes ~70x HOG's time on a CPU (vafusion.faces.detection_minutes)."""
-    if FACE_DETECTOR != "cnn" or not detected(wildcards):
-        return 120
-    from vafusion.faces import detection_minutes
-
-    return max(120, detection_minutes(input.video, "cnn", config["media"]["face_detector_upsample"]))
-
-
 rule align_faces:
     input:
         unpack(trial_face_inputs),
