@@ -173,3 +173,39 @@ def test_provenance_page_renders_as_snakemake_renders_it_with_random_init_in_red
     assert "Provenance of this run" in body and "system_message" not in body  # no rst error
     assert yaml.safe_load(out["config"].read_text()) == config
     assert "torch " in body and "Python " in body
+
+
+def test_stream_sets_are_listed_compared_fold_by_fold_and_their_sources_named():
+    """Each run's streams, the same fusion model on two sets side by side with the per-fold
+    difference (paired by fold), and one provenance line per stream from what its feature
+    files recorded: RANDOM-INIT in red, a packaged model with its sha256, external CSV files
+    with a hash over their hashes."""
+    import hashlib as hl
+
+    from vafusion.learning.report import provenance, stream_set_markdown
+
+    default = {"audio": ["vggish", "mfcc"], "visual": ["iresnet50"]}
+    pretrained = {"audio": ["egemaps"], "visual": ["landmarks", "openface_au"]}
+    sources = {"vggish": {"extractor": "vggish", "weights": "random-init", "weights_sha256": "random-init",
+                          "weights_seed": 3},
+               "egemaps": {"extractor": "egemaps", "weights": "openSMILE eGeMAPSv02", "weights_sha256": "ab" * 32},
+               "openface_au": {"extractor": "external", "params": {"folder": "/data/openface"},
+                               "files_sha256": {"t1": "11", "t2": "22"}}}
+    rows = []
+    for fold, (v0, a0, v1, a1) in enumerate([(0.8, 0.6, 0.5, 0.7), (0.4, 0.2, 0.3, 0.1), (0.6, 0.5, 0.6, 0.3)]):
+        rows.append({**row("jca", fold, v0, a0), "streams": default, "stream_sources": {"vggish": sources["vggish"]}})
+        rows.append({**row("jca@pretrained", fold, v1, a1), "streams": pretrained,
+                     "stream_sources": {k: sources[k] for k in ("egemaps", "openface_au")}})
+    lines = stream_set_markdown(rows)
+    assert "| jca@pretrained | jca | pretrained | audio egemaps; visual landmarks + openface_au |" in lines
+    diffs = [0.5 - 0.8, 0.3 - 0.4, 0.6 - 0.6]  # valence, fold by fold
+    expected = f"{statistics.mean(diffs):+.3f} ± {statistics.pstdev(diffs):.3f}"
+    assert (f"| jca | pretrained | valence | {statistics.mean([0.5, 0.3, 0.6]):.3f} ± "
+            f"{statistics.pstdev([0.5, 0.3, 0.6]):.3f} | {expected} | 3 |") in lines
+    assert "| jca | default | valence | 0.600 ± 0.163 | - | 3 |" in lines
+    items = {label: (text, alarm) for label, text, alarm in provenance({}, {}, {}, rows)}
+    assert items["stream vggish"][1] and "RANDOM-INIT vggish (seed 3)" in items["stream vggish"][0]
+    assert items["stream egemaps"] == (f"openSMILE eGeMAPSv02, sha256 {'ab' * 32} (fused by jca@pretrained)", False)
+    combined = hl.sha256(b"t1:11\nt2:22\n").hexdigest()
+    assert items["stream openface_au"][0] == (f"external CSV files in /data/openface: 2 trials, sha256 of their "
+                                              f"sha256s {combined} (fused by jca@pretrained)")

@@ -190,9 +190,10 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
     items = stream_sources(rows)
     pca = config.get("features", {}).get("vggish", {}).get("pca", False)
     used = {s for r in rows for m in (r.get("streams") or {}).values() for s in m} or set(weights)
+    sourced = {s for r in rows for s in (r.get("stream_sources") or {})}  # said above, from the feature files
     for network, path in weights.items():
-        if network.removesuffix("_pca") not in used or (network == "vggish_pca" and not pca):
-            continue  # a network no model fused
+        if network.removesuffix("_pca") not in used or (network == "vggish_pca" and not pca) or network in sourced:
+            continue  # a network no model fused, or one whose stream line says what made its features
         if path is None:
             seed = config.get("features", {}).get("random_init_seed")
             items.append((f"weights.{network}", f"RANDOM-INIT (seed {seed}): no weights file, these features are not "
