@@ -109,8 +109,8 @@ def test_new_video_runs_only_its_own_media_jobs(demo_run):
         assert planned_jobs(results.parent, config) == (
             {f"extract_audio[video={new}]", f"extract_mfcc[video={new}]", f"extract_vggish[video={new}]",
              f"extract_egemaps[video={new}]", f"align_faces[trial={new}]", f"read_annotation[trial={new}]",
-             f"extract_iresnet50[trial={new}]", f"extract_landmarks[trial={new}]",
-             f"extract_face_descriptor[trial={new}]", "make_folds"} | align_jobs([new])
+             f"extract_iresnet50[trial={new}]", f"extract_landmarks[trial={new}]", "make_folds"}
+            | align_jobs([new])
             | learning_jobs(config))
     assert planned_jobs(results.parent, config) == set()
 
@@ -126,7 +126,7 @@ def test_changed_model_parameter_reruns_only_that_model(demo_run):
     results, config = demo_run
     changed = copy_config(config)
     changed["learning"]["cross_attention"]["dim"] = 64
-    attention_models = [m for m in config["learning"]["models"] if m != "tcn_transformer"]
+    attention_models = [m for m in config["learning"]["models"] if m.split("@")[0] != "tcn_transformer"]
     assert attention_models and len(attention_models) < len(config["learning"]["models"])
     assert planned_jobs(results.parent, changed) == learning_jobs(config, attention_models)
 

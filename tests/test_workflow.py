@@ -151,8 +151,7 @@ def test_learning_outputs_and_reports(demo_run):
             assert set(h5) == {"iresnet50", "vggish", "mfcc", "valence", "arousal", "valid_valence", "valid_arousal",
                                "face_found"}  # the default set's streams only
         with h5py.File(results / "aligned" / "pretrained" / f"{name}.h5") as h5:  # the pretrained set's
-            assert h5["egemaps"].shape[1] == 88 and h5["landmarks"].shape[1] == 136
-            assert h5["face_descriptor"].shape[1] == 128 and "vggish" not in h5
+            assert h5["egemaps"].shape[1] == 88 and h5["landmarks"].shape[1] == 136 and "vggish" not in h5
     rows = (results / "reports" / "ccc.csv").read_text().splitlines()
     assert rows[0] == "model,fold,ccc_valence,ccc_arousal,ccc_mean"
     assert len(rows) == 1 + len(models) * n_folds
