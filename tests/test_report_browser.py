@@ -57,7 +57,9 @@ def test_snakemake_report_opens_shows_provenance_first_and_every_image_loads(dem
     red = browser.evaluate("[...document.querySelectorAll('b')].filter(b => b.style.color === 'rgb(204, 0, 0)')"
                            ".map(b => b.innerText)")
     assert len(red) == 2 and all(text.startswith("RANDOM-INIT") for text in red)  # iresnet50, vggish
-    assert "vggish_pca: not used" in front
+    assert "vggish_pca" not in front  # features.vggish.pca is off: not part of the run
+    # each fused stream's source, the pretrained ones with their files' sha256
+    assert "stream egemaps: openSMILE eGeMAPSv02" in front and "stream landmarks: shape_predictor_68" in front
     # on screen, not pushed above the top (the page is centred vertically: a long one is cut off)
     top = browser.evaluate("[...document.querySelectorAll('h2')].find(h => h.innerText.includes('Provenance'))"
                            ".getBoundingClientRect().top")
