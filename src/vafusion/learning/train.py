@@ -521,12 +521,15 @@ def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path],
     for name, path in sorted(aligned.items()):
         with h5py.File(path) as h5:  # one prediction per decoded video frame
             n_video = int(h5.attrs.get("n_video_frames", -1))
+        loaded: dict[tuple[str, ...], TrialData] = {}  # the fold models of a run share their streams: read once
         predictions = []
         for m, norm, cfg, smoothing in models:
-            trial = load_trial(path, m.fused_streams["visual"] + m.fused_streams["audio"])
-            if n_video >= 0 and trial.length != n_video:
-                raise ValueError(f"{path}: {trial.length} rows for a video of {n_video} decoded frames")
-            predictions.append(predict_trial(m, norm.apply(trial), cfg, dev, smoothing))
+            streams = tuple(m.fused_streams["visual"] + m.fused_streams["audio"])
+            if streams not in loaded:
+                loaded[streams] = load_trial(path, streams)
+                if n_video >= 0 and loaded[streams].length != n_video:
+                    raise ValueError(f"{path}: {loaded[streams].length} rows for a video of {n_video} decoded frames")
+            predictions.append(predict_trial(m, norm.apply(loaded[streams]), cfg, dev, smoothing))
         mean = np.mean(predictions, axis=0)
         with atomic_output(out_dir / f"{name}.txt") as tmp:
             lines = ["valence,arousal"] + [f"{v:.6f},{a:.6f}" for v, a in mean]
