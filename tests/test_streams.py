@@ -22,7 +22,6 @@ from vafusion.faces import FaceTrackWriter, encode_face
 from vafusion.features import registry
 from vafusion.features.silence import fill_features, read_fill
 from vafusion.learning.align import align_trial
-from vafusion.learning.data import load_trial
 from vafusion.learning.provenance import aligned_record
 from vafusion.learning.streams import run_streams, split_run, stream_problems, used_streams
 from vafusion.learning.train import TrainConfig, load_model, train_fold
