@@ -88,7 +88,7 @@ def main() -> None:
     names = sorted({n for f in annotated["folds"] for n in f["train"] + f["validation"]})
     subprocess.run(snakemake + [f"{config['output']}/aligned/default/{n}.h5" for n in names], **quiet)
     aligned = {n: results / "aligned" / "default" / f"{n}.h5" for n in names}  # the default stream set
-    cfg = replace(TrainConfig.from_dict(config["learning"]["train"]), max_epochs=args.max_epochs)
+    cfg = replace(TrainConfig.from_dict(config["learning"]["train"], seed=0), max_epochs=args.max_epochs)
     print(f"# Honest learning check, {time.strftime('%Y-%m-%d %H:%M')}: demo dataset, "
           f"{len(annotated['folds'])} folds, max {cfg.max_epochs} epochs, CPU {args.threads} threads"
           + "".join(f", {item}" for item in args.set))

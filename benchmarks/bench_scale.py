@@ -67,7 +67,8 @@ from vafusion.learning.train import TrainConfig, train_fold
 job = json.load(open({job!r}))
 silence = {{k: np.zeros(d, np.float32) for k, d in job["dims"].items()}}
 metrics = train_fold(job["model"], job["hparams"], job["fold"], job["aligned"], job["out"],
-                     TrainConfig.from_dict(job["train"]), audio_fill=silence, device="cpu", threads=1)
+                     TrainConfig.from_dict({{**job["train"], "selection": "validation"}}, seed=0),  # one fold, no train_groups
+                     audio_fill=silence, device="cpu", threads=1)
 print(json.dumps({{"windows_per_s": metrics["windows_per_s"]}}))
 """
 

@@ -108,8 +108,8 @@ def test_training_on_a_full_disk_says_no_space_left_naming_output_mount_and_free
     disk = small_fs(1 * MiB)  # the "ca" model alone is ~1.7 MB; its checkpoint with the optimiser ~4x
     out_dir = disk / "models" / "ca" / "fold0"
     outputs = [out_dir / name for name in ("model.pt", "metrics.json", "history.csv", "val_predictions.h5")]
-    cfg = TrainConfig.from_dict({**LEARNING["train"], "window": 40, "hop": 20, "batch_size": 4,
-                                 "max_epochs": 2, "warmup_epochs": 0, "patience": 5})
+    cfg = TrainConfig.from_dict({**LEARNING["train"], "window": 40, "hop": 20, "batch_size": 4, "selection": "validation",
+                                 "max_epochs": 2, "warmup_epochs": 0, "patience": 5}, seed=0)
     log_file = tmp_path / "train.log"
     with pytest.raises(DiskFullError) as caught:
         with job_logging(str(log_file), "train_model ca fold 0", outputs=outputs):

@@ -1,15 +1,16 @@
 """Cross-validation folds: Yu et al.'s random segmentation, seeded, with the trials of one
-video (and, optionally, one subject) kept together."""
+video (and, optionally, one subject) kept together; each fold's training groups, the inner
+selection split's units, grouped the same way."""
 
 from __future__ import annotations
 
 import pytest
 
 from test_learning import write_labels
-from vafusion.learning.folds import excluded_trials, make_folds, read_subject_map
+from vafusion.learning.folds import excluded_trials, group_trials, make_folds, read_subject_map
 
 TRAIN = {"a": "a", "b_left": "b", "b_right": "b", "c": "c", "d": "d", "e": "e", "f": "f", "g": "g"}
-VALIDATION = ["v1", "v2"]
+VALIDATION = {"v1": "v1", "v2": "v2"}  # trial -> video, like TRAIN
 MANY = {f"t{i:02d}": f"t{i:02d}" for i in range(20)}  # 20 one-trial videos
 # 12 two-person videos (a _left and a _right trial each) and 5 one-person videos
 PAIRS = {f"p{i:02d}_{side}": f"p{i:02d}" for i in range(12) for side in ("left", "right")} | {
@@ -22,13 +23,14 @@ def chunk_of(folds: dict, trial: str) -> int:
 
 def test_every_trial_is_validated_once_and_fold_0_is_the_official_split():
     folds = make_folds(TRAIN, VALIDATION, 6, seed=0)
-    assert folds["folds"][0] == {"fold": 0, "train": sorted(TRAIN), "validation": VALIDATION}
+    assert folds["folds"][0] == {"fold": 0, "train": sorted(TRAIN), "validation": sorted(VALIDATION),
+                                 "train_groups": group_trials(TRAIN)}
     assert len(folds["folds"]) == 6 and len(folds["chunks"]) == 5
     held_out = sorted(t for f in folds["folds"] for t in f["validation"])
-    assert held_out == sorted(list(TRAIN) + VALIDATION)  # each trial validated exactly once
+    assert held_out == sorted(list(TRAIN) + list(VALIDATION))  # each trial validated exactly once
     for fold in folds["folds"]:
         assert not set(fold["train"]) & set(fold["validation"])
-        assert sorted(fold["train"] + fold["validation"]) == sorted(list(TRAIN) + VALIDATION)
+        assert sorted(fold["train"] + fold["validation"]) == sorted(list(TRAIN) + list(VALIDATION))
     assert chunk_of(folds, "b_left") == chunk_of(folds, "b_right")  # the two faces of one video
 
 
@@ -48,7 +50,7 @@ def test_chunks_are_a_seeded_random_balanced_segmentation():
     assert sizes == [4, 4, 4, 4, 4]  # 20 videos in 5 chunks
     assert sum(folds["chunks"], []) != sorted(MANY)  # not contiguous pieces of the sorted list
     shuffled = dict(reversed(list(MANY.items())))
-    assert make_folds(shuffled, list(reversed(VALIDATION)), 6, seed=0) == folds  # input order is irrelevant
+    assert make_folds(shuffled, dict(reversed(VALIDATION.items())), 6, seed=0) == folds  # input order is irrelevant
     other = make_folds(MANY, VALIDATION, 6, seed=1)
     assert other["chunks"] != folds["chunks"] and other["seed"] == 1
     uneven = make_folds(MANY, VALIDATION, 4, seed=0)  # 20 videos in 3 chunks: 7, 7, 6
@@ -96,3 +98,31 @@ def test_all_unannotated_trial_is_excluded(tmp_path):
         assert all(gone not in f["train"] + f["validation"] for f in folds["folds"])
         assert all(gone not in chunk for chunk in folds["chunks"] + [folds["official_validation"]])
     assert sorted(t for f in folds["folds"] for t in f["validation"]) == sorted(set(TRAIN) - {"c"} | {"v1"})
+
+
+def test_every_fold_records_its_training_groups_with_the_validation_partitions_videos():
+    """train_groups: the groups of each fold's training trials, those of the validation
+    partition included where they train (fold k > 0), by video and subject."""
+    validation = {"w_left": "w", "w_right": "w", "x": "x", "y": "y"}
+    subjects = {"y": "s9", "s0": "s9", "p00_left": "s7", "p01_right": "s7"}
+    for seed in range(5):
+        folds = make_folds(PAIRS, validation, 4, seed=seed, subjects=subjects)
+        for fold in folds["folds"]:
+            groups = fold["train_groups"]
+            assert sorted(t for g in groups for t in g) == fold["train"]  # a partition of the training trials
+            video_of = {**PAIRS, **validation}
+            assert groups == group_trials({t: video_of[t] for t in fold["train"]}, subjects)
+            def group_of(trial: str) -> list[str]:
+                return next(g for g in groups if trial in g)
+            for i in range(12):
+                if f"p{i:02d}_left" in fold["train"]:
+                    assert f"p{i:02d}_right" in group_of(f"p{i:02d}_left")  # the two faces of one video
+            if fold["fold"] > 0:  # the validation partition trains here, grouped like the rest
+                assert ["w_left", "w_right"] in groups and ["x"] in groups
+            if "s0" in fold["train"] and "y" in fold["train"]:
+                assert group_of("y") == ["s0", "y"]  # one subject across the partitions
+            if "p00_left" in fold["train"]:
+                assert group_of("p00_left") == ["p00_left", "p00_right", "p01_left", "p01_right"]
+        assert folds["folds"][0]["train_groups"] == [sorted(g) for g in sorted(folds["groups"], key=lambda g: g[0])]
+    with pytest.raises(TypeError, match="validation must map each validation trial to its video"):
+        make_folds(PAIRS, ["w_left", "w_right"], 4, seed=0)

@@ -171,14 +171,17 @@ def synthetic_dataset(tmp_path, n_trials=8, length=90):
             h5["valid_valence"], h5["valid_arousal"] = np.ones(length, bool), np.ones(length, bool)
             h5.attrs["trial"] = f"trial{i}"
         paths[f"trial{i}"] = path
-    fold = {"fold": 0, "train": [f"trial{i}" for i in range(6)], "validation": ["trial6", "trial7"]}
+    # one trial per video: each training trial its own group (make_folds' train_groups)
+    fold = {"fold": 0, "train": [f"trial{i}" for i in range(6)], "validation": ["trial6", "trial7"],
+            "train_groups": [[f"trial{i}"] for i in range(6)]}
     return paths, fold
 
 
 SILENCE = {"vggish": np.full(128, -3.0, np.float32), "mfcc": np.full(39, 2.0, np.float32)}
 CFG = TrainConfig.from_dict({**LEARNING["train"], "window": 40, "hop": 20, "batch_size": 4, "lr": 3e-3,
-                             "max_epochs": 12, "warmup_epochs": 1, "patience": 12,
-                             "missing_audio": {"shares": [0.0, 0.5], "patterns": ["contiguous"], "fill": "zeros"}})
+                             "max_epochs": 12, "warmup_epochs": 1, "patience": 12, "selection": "validation",
+                             "missing_audio": {"shares": [0.0, 0.5], "patterns": ["contiguous"], "fill": "zeros"}},
+                            seed=0)
 
 
 def test_training_learns_is_deterministic_and_resumes(tmp_path):

@@ -71,7 +71,8 @@ def features(tmp_path_factory):
     # workflow/scripts/train_model.py
     fold = {"fold": 0, "train": ["a"], "validation": ["b"]}
     record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]], STREAMS)
-    cfg = TrainConfig.from_dict({**config["learning"]["train"], "window": n, "hop": n, "max_epochs": 1})
+    cfg = TrainConfig.from_dict({**config["learning"]["train"], "window": n, "hop": n, "max_epochs": 1,
+                                 "selection": "validation"}, seed=0)  # one training trial: nothing to hold out
     train_fold("tcn_transformer", config["learning"]["tcn_transformer"], fold, aligned, tmp / "model", cfg,
                device="cpu", feature_provenance=record)
     return {"video": video, "aligned": list(aligned.values()), "model": tmp / "model" / "model.pt"}
@@ -217,7 +218,7 @@ def test_predict_stops_at_planning_when_features_differ_from_the_models(features
     config = repo_config()
     config["data"] = {"videos": str(videos), "annotations": None, "cropped_aligned": None, "test_trials": None}
     config["output"] = str(tmp_path / "predicted")
-    config["learning"].update(models=["tcn_transformer"], trained_run=str(trained))
+    config["learning"].update(models=["tcn_transformer"], ensembles={}, trained_run=str(trained))
 
     def plan(config):
         (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config))

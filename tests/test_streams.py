@@ -128,8 +128,9 @@ def test_a_stream_registered_here_is_extracted_aligned_filled_and_trained_on(plu
     fold = {"fold": 0, "train": names[:4], "validation": names[4:]}
     record = aligned_record([aligned[n] for n in names], streams["visual"] + streams["audio"])
     cfg = TrainConfig.from_dict({**CONFIG["learning"]["train"], "window": 20, "hop": 10, "max_epochs": 3,
+                                 "selection": "validation",
                                  "missing_audio": {"shares": [0.0, 0.5], "patterns": ["contiguous"],
-                                                   "fill": "zeros"}})
+                                                   "fill": "zeros"}}, seed=0)
     for model in ("jca", "tcn_transformer"):
         section = "tcn_transformer" if model == "tcn_transformer" else "cross_attention"
         metrics = train_fold(model, CONFIG["learning"][section], fold, aligned, tmp_path / model, cfg,

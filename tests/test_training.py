@@ -1,7 +1,8 @@
 """The learning stage's promises, each against an independent computation in the test:
 test predictions are the mean of the fold models, normalisation uses training trials only,
 early stopping restores the best epoch, warm-up + cosine schedule, resume only when nothing
-changed, smoothing."""
+changed, smoothing, inner selection on held-out training groups and its measured optimism,
+the fusion model apart from the run's name."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import csv
 import json
 import math
 import tracemalloc
+from dataclasses import asdict
 from pathlib import Path
 
 import h5py
@@ -19,15 +21,20 @@ import torch
 from test_learning import DIMS, LEARNING, SILENCE, synthetic_dataset
 from vafusion.learning.align import write_aligned
 from vafusion.learning.data import Normalizer, load_trial, make_batch, open_trial, window_starts
-from vafusion.learning.train import (TrainConfig, drop_audio, fold_ccc, load_model, missing_frames, predict_test_trials,
-                                     predict_trial, smooth, train_fold)
+from vafusion.learning.folds import make_folds
+from vafusion.learning.train import (TrainConfig, drop_audio, fold_ccc, inner_split, load_model, missing_frames,
+                                     predict_test_trials, predict_trial, smooth, train_fold)
+from vafusion.models import build_fusion_model
 
 HP = LEARNING["cross_attention"]
 
 
-def config(**changes) -> TrainConfig:
+def config(seed: int = 0, **changes) -> TrainConfig:
+    """Small settings, selecting on the validation fold unless ``selection`` says otherwise
+    (most promises below are about what is selected, not on what)."""
     return TrainConfig.from_dict({**LEARNING["train"], "window": 40, "hop": 20, "batch_size": 4, "lr": 3e-3,
-                                  "max_epochs": 4, "warmup_epochs": 1, "patience": 10, **changes})
+                                  "max_epochs": 4, "warmup_epochs": 1, "patience": 10, "selection": "validation",
+                                  **changes}, seed=seed)
 
 
 def history(run: Path) -> list[dict]:
@@ -89,6 +96,12 @@ def test_early_stopping_restores_the_best_epoch_and_reports_its_ccc(tmp_path):
     assert metrics["ccc_mean"] == pytest.approx(scores[best], abs=1e-6)
     assert len(rows) == metrics["epochs"]
     assert metrics["epochs"] < cfg.max_epochs and metrics["epochs"] == metrics["best_epoch"] + cfg.patience
+    # selection on the validation fold: nothing held out, no optimism measured, no inner columns
+    assert metrics["selection"] == "validation" and metrics["inner_trials"] == []
+    assert metrics["selection_optimism"] is None and metrics["n_train_trials"] == len(fold["train"])
+    assert metrics["seed"] == 0 and metrics["fusion_model"] == "ca"
+    assert not any(column.startswith("inner_") for column in rows[0])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["selection_optimism"] is None
     # the saved model is the best epoch's: it reproduces the reported CCC on its own
     model, normalizer, saved_cfg, smoothing = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
     val = [normalizer.apply(load_trial(paths[n])) for n in fold["validation"]]
@@ -421,3 +434,187 @@ def test_predictions_are_float32_whatever_the_training_precision(tmp_path):
     assert worst_rounding > 1e-4  # a bf16 evaluation would have been visibly different
     val = [load_trial(paths[n]) for n in fold["validation"]]
     assert runs["bfloat16"]["ccc_mean"] == pytest.approx(fold_ccc(written, val)["ccc_mean"], abs=1e-9)
+
+
+# --- selection on held-out training groups (inner) -----------------------------------------------
+
+def test_the_seed_comes_from_the_job_or_from_the_saved_settings():
+    values = dict(LEARNING["train"])
+    assert "seed" not in values  # config.yaml lists learning.seeds, one job each
+    with pytest.raises(ValueError, match="TrainConfig needs a seed"):
+        TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values, seed=3)
+    assert cfg.seed == 3 and cfg.selection == values["selection"] and cfg.inner_share == values["inner_share"]
+    assert TrainConfig.from_dict(asdict(cfg)) == cfg  # a model.pt's train_config holds its seed
+    with pytest.raises(ValueError, match="seed=4 contradicts the settings' own seed 3"):
+        TrainConfig.from_dict(asdict(cfg), seed=4)
+    with pytest.raises(ValueError, match="learning.train.selection must be one of inner, validation"):
+        TrainConfig.from_dict({**values, "selection": "test"}, seed=0)
+
+
+# 4 two-person videos (a _left and a _right trial each) and 9 one-person videos in training
+GROUPED = {f"p{i}_{side}": f"p{i}" for i in range(4) for side in ("left", "right")} | {f"s{i}": f"s{i}" for i in range(9)}
+
+
+def test_inner_split_holds_out_whole_groups_seeded_by_seed_and_fold():
+    # fold 1 of 3 trains on a chunk and on the validation partition (a two-person video among it)
+    fold = make_folds(GROUPED, {"v0": "v0", "v1_left": "v1", "v1_right": "v1"}, 3, seed=0)["folds"][1]
+    assert ["v1_left", "v1_right"] in fold["train_groups"]
+    n_groups = len(fold["train_groups"])
+    draws = set()
+    for seed in range(20):
+        cfg = config(seed=seed, selection="inner", inner_share=0.25)
+        inner = inner_split(fold, cfg)
+        assert inner == inner_split(fold, cfg)  # the same draw every time (a rerun, a resumed run)
+        held = [g for g in fold["train_groups"] if set(g) & set(inner)]
+        assert sorted(t for g in held for t in g) == inner  # whole groups only
+        assert len(held) == max(1, round(0.25 * n_groups))
+        for pair in [("v1_left", "v1_right")] + [(f"p{i}_left", f"p{i}_right") for i in range(4)]:
+            assert (pair[0] in inner) == (pair[1] in inner)  # both faces of a video on one side
+        draws.add(tuple(inner))
+    assert len(draws) > 5  # another seed draws other groups
+    assert any("_left" in t for draw in draws for t in draw)  # pairs are drawn, together
+    seeded = config(seed=0, selection="inner", inner_share=0.25)
+    assert any(inner_split({**fold, "fold": k}, seeded) != inner_split(fold, seeded) for k in range(2, 8))  # the fold too
+    assert len(inner_split(fold, config(selection="inner", inner_share=0.01))) >= 1  # at least one group
+
+    with pytest.raises(ValueError, match=rf"inner_share 0.95 holds out {n_groups} of the {n_groups} training group\(s\) "
+                                         "of fold 1 .* none to train on"):
+        inner_split(fold, config(selection="inner", inner_share=0.95))
+    with pytest.raises(ValueError, match="folds.json predates inner selection: rerun make_folds"):
+        inner_split({k: v for k, v in fold.items() if k != "train_groups"}, seeded)
+    with pytest.raises(ValueError, match="not a partition of its training trials"):
+        inner_split({**fold, "train_groups": fold["train_groups"][1:]}, seeded)
+
+
+def inner_dataset(tmp_path: Path) -> tuple[dict, dict]:
+    """10 synthetic trials: training trials 0-7 in 5 videos (0+1, 2+3 and 6+7 two trials
+    each), validation trials 8 and 9; fold 0 of make_folds, with its train_groups."""
+    paths, _ = synthetic_dataset(tmp_path, n_trials=10)
+    videos = {"trial0": "a", "trial1": "a", "trial2": "b", "trial3": "b", "trial4": "c", "trial5": "d",
+              "trial6": "e", "trial7": "e"}
+    return paths, make_folds(videos, {"trial8": "f", "trial9": "g"}, 2, seed=0)["folds"][0]
+
+
+def stream_frames(paths: dict, names: list[str], stream: str) -> np.ndarray:
+    frames = []
+    for name in names:
+        with h5py.File(paths[name]) as h5:
+            frames.append(h5[stream][:].astype(np.float64))
+    return np.concatenate(frames)
+
+
+def test_inner_selection_trains_on_the_rest_picks_on_held_out_groups_and_measures_the_optimism(tmp_path, caplog):
+    paths, fold = inner_dataset(tmp_path)
+    cfg = config(seed=1, selection="inner", inner_share=0.4, lr=0.05, max_epochs=12, patience=3)
+    inner = inner_split(fold, cfg)
+    rest = [t for t in fold["train"] if t not in inner]
+    assert len([g for g in fold["train_groups"] if set(g) <= set(inner)]) == 2  # round(0.4 * 5) whole groups
+
+    metrics = train_fold("ca", HP, fold, paths, tmp_path / "inner", cfg, device="cpu")
+    assert metrics["selection"] == "inner" and metrics["inner_trials"] == inner and metrics["seed"] == 1
+    assert metrics["n_train_trials"] == len(rest) and metrics["n_validation_trials"] == 2
+    saved = torch.load(tmp_path / "inner" / "model.pt", weights_only=True)
+    assert saved["selection"] == "inner" and saved["inner_trials"] == inner
+    assert saved["train_config"]["selection"] == "inner" and saved["train_config"]["seed"] == 1
+
+    # the normaliser saw the trials trained on, not the inner ones
+    for stream in ("iresnet50", "vggish", "mfcc"):
+        mean = saved["normalizer"]["mean"][stream].numpy()
+        np.testing.assert_allclose(mean, stream_frames(paths, rest, stream).mean(0), rtol=1e-5, atol=1e-5)
+        assert not np.allclose(mean, stream_frames(paths, fold["train"], stream).mean(0), rtol=1e-5, atol=1e-5)
+
+    # the inner CCC picks the epoch and stops the run; the validation fold scores the pick
+    rows = history(tmp_path / "inner")
+    columns = {f"{part}_ccc_{k}" for part in ("inner", "val") for k in ("valence", "arousal", "mean")}
+    assert columns <= set(rows[0])
+    inner_mean = [float(r["inner_ccc_mean"]) for r in rows]
+    val = {k: [float(r[f"val_ccc_{k}"]) for r in rows] for k in ("valence", "arousal", "mean")}
+    picked = int(np.argmax(inner_mean))  # the first maximum
+    assert metrics["best_epoch"] == picked + 1
+    assert len(rows) == metrics["epochs"] == min(cfg.max_epochs, picked + 1 + cfg.patience)
+    for k in ("valence", "arousal", "mean"):
+        assert metrics[f"ccc_{k}"] == pytest.approx(val[k][picked], abs=1e-6)
+
+    # optimism: the epoch the validation fold itself would have picked, among all epochs trained
+    peeked = int(np.argmax(val["mean"]))
+    optimism = metrics["selection_optimism"]
+    assert optimism["peeked_epoch"] == peeked + 1
+    for k in ("valence", "arousal", "mean"):
+        assert optimism[f"ccc_{k}"] == pytest.approx(val[k][peeked] - val[k][picked], abs=1e-12)
+    assert optimism["ccc_mean"] >= 0  # the peeked epoch maximises the validation mean CCC
+    # this seed's run stops on the inner patience before the validation fold's best epoch: a real gap
+    assert metrics["epochs"] < cfg.max_epochs and optimism["peeked_epoch"] != metrics["best_epoch"]
+    assert json.loads((tmp_path / "inner" / "metrics.json").read_text())["selection_optimism"] == optimism
+
+    # trained on exactly the rest, with the training's own random stream: a validation-mode run
+    # on (the rest; the validation fold) goes through the same epochs
+    plain_fold = {"fold": 0, "train": rest, "validation": fold["validation"]}
+    config_plain = config(seed=1, lr=0.05, max_epochs=12, patience=100)
+    train_fold("ca", HP, plain_fold, paths, tmp_path / "rest", config_plain, device="cpu")
+    for ours, theirs in zip(rows, history(tmp_path / "rest")):
+        for column in ("train_loss", "lr", "val_ccc_valence", "val_ccc_arousal"):
+            assert ours[column] == theirs[column], (ours["epoch"], column)
+
+    # interrupted and resumed: the same run, bit for bit
+    train_fold("ca", HP, fold, paths, tmp_path / "resumed", cfg, device="cpu", stop_after_epochs=2)
+    with caplog.at_level("INFO"):
+        resumed = train_fold("ca", HP, fold, paths, tmp_path / "resumed", cfg, device="cpu")
+    assert "resuming ca fold 0 after epoch 2" in caplog.text
+    timing = ("seconds", "windows_per_s")
+    assert {k: v for k, v in resumed.items() if k not in timing} == {k: v for k, v in metrics.items() if k not in timing}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in history(tmp_path / "resumed")] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in rows]
+    for key, value in saved["state_dict"].items():
+        torch.testing.assert_close(state_dict(tmp_path / "resumed")[key], value, rtol=0, atol=0)
+
+
+def test_inner_selection_without_an_annotated_inner_frame_or_without_training_groups_stops(tmp_path):
+    paths, fold = inner_dataset(tmp_path)
+    cfg = config(selection="inner", inner_share=0.4)
+    inner = inner_split(fold, cfg)
+    unannotate(paths, inner, ("valence", "arousal"))
+    with pytest.raises(ValueError, match=rf"ca fold 0 cannot be scored: its inner selection trials "
+                                         rf"\({', '.join(inner)}\) have no annotated frame"):
+        train_fold("ca", HP, fold, paths, tmp_path / "run", cfg, device="cpu")
+    one_video = {"fold": 4, "train": ["trial0", "trial1"], "validation": ["trial8"],
+                 "train_groups": [["trial0", "trial1"]]}
+    with pytest.raises(ValueError, match=r"learning.train.inner_share 0.4 holds out 1 of the 1 training group\(s\) "
+                                         "of fold 4"):
+        train_fold("ca", HP, one_video, paths, tmp_path / "run", cfg, device="cpu")
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_named_run_builds_its_fusion_model_and_old_checkpoints_still_load(tmp_path):
+    paths, fold = synthetic_dataset(tmp_path)
+    with pytest.raises(ValueError, match="unknown model 'jca_small'"):  # the run's name is no architecture
+        train_fold("jca_small", HP, fold, paths, tmp_path / "nameless", config(max_epochs=1), device="cpu")
+    metrics = train_fold("jca_small", HP, fold, paths, tmp_path / "run", config(max_epochs=1), fusion_model="jca",
+                         device="cpu")
+    assert metrics["model"] == "jca_small" and metrics["fusion_model"] == "jca"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["fusion_model"] == "jca"
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert saved["model_name"] == "jca_small" and saved["fusion_model"] == "jca"
+    jca = build_fusion_model("jca", saved["dims"], HP, window=40, streams=saved["streams"])
+    ca = build_fusion_model("ca", saved["dims"], HP, window=40, streams=saved["streams"])
+    assert set(saved["state_dict"]) == set(jca.state_dict()) != set(ca.state_dict())
+
+    model, normalizer, cfg, smoothing = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
+    assert set(model.state_dict()) == set(jca.state_dict())
+    with h5py.File(tmp_path / "run" / "val_predictions.h5") as h5:
+        written = {n: h5[n]["prediction"][:] for n in fold["validation"]}
+    trials = {n: normalizer.apply(load_trial(paths[n])) for n in fold["validation"]}
+    for name, trial in trials.items():
+        np.testing.assert_allclose(predict_trial(model, trial, cfg, torch.device("cpu"), smoothing), written[name],
+                                   atol=1e-6)
+
+    # a model.pt from before named runs and inner selection: no fusion_model, no selection settings
+    old = {k: v for k, v in saved.items() if k not in ("fusion_model", "selection", "inner_trials")}
+    old["model_name"] = "jca"  # its run's name was its model's
+    old["train_config"] = {k: v for k, v in saved["train_config"].items() if k not in ("selection", "inner_share")}
+    torch.save(old, tmp_path / "old.pt")
+    model, normalizer, cfg, smoothing = load_model(tmp_path / "old.pt", torch.device("cpu"))
+    assert cfg.selection == "validation" and math.isnan(cfg.inner_share) and cfg.seed == 0
+    for name, trial in trials.items():
+        np.testing.assert_allclose(predict_trial(model, trial, cfg, torch.device("cpu"), smoothing), written[name],
+                                   atol=1e-6)

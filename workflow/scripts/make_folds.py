@@ -14,9 +14,13 @@ with job_logging(snakemake.log[0], "make_folds", outputs=snakemake.output) as lo
     for trial, reason in excluded.items():
         log.warning("trial %s is left out of every fold: %s", trial, reason)
     subjects = read_subject_map(snakemake.input.subjects[0]) if snakemake.input.subjects else None
-    folds = make_folds(snakemake.params.train, snakemake.params.validation, snakemake.params.n_folds,
+    # both partitions map trial -> video: each fold's training groups (the inner selection
+    # split's units) include the validation partition's trials where they train
+    folds = make_folds(dict(snakemake.params.train), dict(snakemake.params.validation), snakemake.params.n_folds,
                        snakemake.params.seed, excluded, subjects)
     log.info("%d groups of training trials (seed %d) in %d chunks: %s", len(folds["groups"]), folds["seed"],
              len(folds["chunks"]), ", ".join(str(len(c)) for c in folds["chunks"]))
+    log.info("training groups per fold: %s", ", ".join(f"fold {f['fold']} {len(f['train_groups'])}"
+                                                      for f in folds["folds"]))
     with atomic_output(snakemake.output.folds) as tmp:
         Path(tmp).write_text(json.dumps(folds, indent=2) + "\n")

@@ -7,6 +7,11 @@ map, all trials of one subject together (groups are the connected components of 
 video or same subject") — the groups are shuffled with the seed and cut into n_folds - 1
 chunks; with the validation partition as one more chunk, each chunk is validated once while
 all the others train.
+
+Every fold also records its training trials' groups (``train_groups``, grouped the same
+way, the validation partition's trials included where they train): the inner selection
+split of ``vafusion.learning.train`` draws whole groups from them, so that no video or
+subject is on both sides of it.
 """
 
 from __future__ import annotations
@@ -44,12 +49,16 @@ def group_trials(trials: dict[str, str], subjects: dict[str, str] | None = None)
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def make_folds(train: dict[str, str], validation: list[str], n_folds: int, seed: int,
+def make_folds(train: dict[str, str], validation: dict[str, str], n_folds: int, seed: int,
                excluded: dict[str, str] | None = None, subjects: dict[str, str] | None = None) -> dict:
-    """``train`` maps each training trial to its video; ``excluded`` trials (with a reason,
-    e.g. no annotated frame) are left out of every fold; ``subjects`` maps trials to subjects."""
+    """``train`` and ``validation`` map each trial of the partition to its video; ``excluded``
+    trials (with a reason, e.g. no annotated frame) are left out of every fold; ``subjects``
+    maps trials to subjects. Each fold's ``train_groups`` are the groups of its training
+    trials (``group_trials``), the inner selection split's units."""
     if n_folds < 2:
         raise ValueError("n_folds must be at least 2")
+    if not isinstance(validation, dict):
+        raise TypeError("make_folds: validation must map each validation trial to its video, like train")
     excluded = dict(excluded or {})
     groups = group_trials({t: v for t, v in train.items() if t not in excluded}, subjects)
     if len(groups) < n_folds - 1:
@@ -60,10 +69,16 @@ def make_folds(train: dict[str, str], validation: list[str], n_folds: int, seed:
     bounds = np.array_split(np.arange(len(shuffled)), n_folds - 1)  # sizes differ by at most one group
     chunks = [sorted(t for g in idx for t in shuffled[g]) for idx in bounds]
     valid_val = sorted(t for t in validation if t not in excluded)
-    folds = [{"fold": 0, "train": sorted(sum(chunks, [])), "validation": valid_val}]
+    video_of = {**train, **validation}
+
+    def fold(number: int, trains: list[str], validates: list[str]) -> dict:
+        return {"fold": number, "train": sorted(trains), "validation": validates,
+                "train_groups": group_trials({t: video_of[t] for t in trains}, subjects)}
+
+    folds = [fold(0, sum(chunks, []), valid_val)]
     for k, held_out in enumerate(chunks, start=1):
         rest = [t for i, chunk in enumerate(chunks, start=1) if i != k for t in chunk]
-        folds.append({"fold": k, "train": sorted(rest + valid_val), "validation": held_out})
+        folds.append(fold(k, rest + valid_val, held_out))
     return {"n_folds": n_folds, "seed": seed, "groups": shuffled, "chunks": chunks,
             "official_validation": valid_val, "excluded": excluded, "folds": folds}
 

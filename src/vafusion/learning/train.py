@@ -4,7 +4,12 @@
   trials are padded and the padding masked.
 - Loss 2 - CCC_valence - CCC_arousal over the batch's valid frames.
 - Adam or AdamW (``optimizer``), linear warm-up then cosine decay of the learning rate (per epoch), early stopping
-  on the mean validation CCC; bf16 autocast on CUDA; seeded and deterministic on the CPU.
+  on the mean CCC of the selection trials; bf16 autocast on CUDA; seeded and deterministic on the CPU.
+- Selection (``selection``): ``inner`` holds out a seeded share of the fold's training
+  groups (videos, subjects: folds.json's ``train_groups``) to pick the epoch, so the
+  validation fold that the report scores chose nothing; ``validation`` picks on the scored
+  fold itself (the papers' practice, optimistic). Inner training records the optimism it
+  avoided, measured on its own history.
 - A checkpoint after every epoch (``last.pt``) lets an interrupted training resume where
   it stopped; it is only reused when the model, settings, fold and input files are the
   same, and removed once the training has finished.
@@ -62,9 +67,13 @@ class MissingAudio:
     fill: str
 
 
+SELECTIONS = ("inner", "validation")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """``learning.train`` of config.yaml (the defaults live there and in the schema only)."""
+    """``learning.train`` of config.yaml (the defaults live there and in the schema only)
+    plus the job's seed, one of ``learning.seeds``."""
 
     window: int  # frames per training window
     hop: int  # frames between window starts (the last window ends flush)
@@ -75,17 +84,30 @@ class TrainConfig:
     max_epochs: int
     warmup_epochs: int
     patience: int
-    seed: int
+    selection: str  # which trials pick the epoch: "inner" (held-out training groups) or "validation"
+    inner_share: float  # share of the training groups held out for selection with "inner"
+    seed: int  # initialisation, window order, the inner split, the missing-audio draws
     precision: str  # training forward: "auto" (bf16 autocast on CUDA), "bfloat16" (any device) or "float32"
     missing_audio: MissingAudio
 
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"learning.train.selection must be one of {', '.join(SELECTIONS)}, not {self.selection!r}")
+
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict, seed: int | None = None) -> "TrainConfig":
+        """From ``learning.train`` and the job's ``seed`` (config.yaml has a list of seeds,
+        not one), or from a saved model.pt's ``train_config``, which holds its seed."""
         values = dict(values)
+        saved_seed = values.pop("seed", None)
+        if seed is None and saved_seed is None:
+            raise ValueError("TrainConfig needs a seed: pass seed= (one of learning.seeds); learning.train has none")
+        if seed is not None and saved_seed is not None and seed != saved_seed:
+            raise ValueError(f"TrainConfig: seed={seed} contradicts the settings' own seed {saved_seed}")
         missing = values.pop("missing_audio")
         if not isinstance(missing, MissingAudio):
             missing = MissingAudio(tuple(missing["shares"]), tuple(missing["patterns"]), missing["fill"])
-        return cls(**values, missing_audio=missing)
+        return cls(**values, seed=int(saved_seed if seed is None else seed), missing_audio=missing)
 
 
 # --- prediction ------------------------------------------------------------------------------
@@ -262,24 +284,68 @@ def mean_stage2_gates(gates: dict[str, np.ndarray], frames: dict[str, np.ndarray
 # --- training --------------------------------------------------------------------------------
 
 
-def selection_targets(model_name: str, fold: dict, val: list[StoredTrial]) -> tuple[str, ...]:
-    """The targets whose validation CCC selects the epoch: both, or the one that has valid
-    frames in the fold's validation trials (said loudly, and recorded in the metrics).
-    A fold with no validation frame for either target cannot be scored: that stops the job,
-    since an untrained model must never reach a report."""
-    scorable = tuple(t for j, t in enumerate(TARGETS) if any(v.valid[:, j].any() for v in val))
+def selection_targets(model_name: str, fold: dict, trials: list[StoredTrial], role: str = "validation",
+                      selects: bool = True) -> tuple[str, ...]:
+    """The targets with valid frames in ``trials`` (the fold's ``role`` trials): both, or the
+    one annotated there (said loudly, and recorded in the metrics). When ``selects``, their
+    mean CCC picks the epoch. Trials with no frame of either target can neither select nor
+    be scored: that stops the job, since an untrained model must never reach a report."""
+    scorable = tuple(t for j, t in enumerate(TARGETS) if any(v.valid[:, j].any() for v in trials))
     where = f"{model_name} fold {fold['fold']}"
-    trials = ", ".join(fold["validation"]) or "none"
+    names = ", ".join(t.name for t in trials) or "none"
     if not scorable:
-        raise ValueError(f"{where} cannot be scored: its validation trials ({trials}) have no annotated frame for "
-                         "valence nor arousal (all -5 or empty), so no epoch can be selected; fix the annotations "
-                         "or the folds (learning.n_folds, learning.fold_groups)")
+        remedy = ("fix the annotations or the folds (learning.n_folds, learning.fold_groups)" if role == "validation"
+                  else "another seed (learning.seeds) or a larger learning.train.inner_share draws other groups, "
+                       "or set learning.train.selection: validation")
+        raise ValueError(f"{where} cannot be scored: its {role} trials ({names}) have no annotated frame for "
+                         f"valence nor arousal (all -5 or empty), so no epoch can be selected or scored; {remedy}")
     for target in TARGETS:
         if target not in scorable:
-            log.warning("!!! %s: its validation trials (%s) have no annotated %s frame: epochs are selected on %s "
-                        "alone and this fold has no %s CCC (recorded in metrics.json and the report) !!!",
-                        where, trials, target, scorable[0], target)
+            effects = ([f"epochs are selected on {scorable[0]} alone"] if selects else []) + (
+                [f"this fold has no {target} CCC"] if role == "validation" else [])
+            log.warning("!!! %s: its %s trials (%s) have no annotated %s frame: %s (recorded in metrics.json and "
+                        "the report) !!!", where, role, names, target, " and ".join(effects))
     return scorable
+
+
+def inner_split(fold: dict, cfg: TrainConfig) -> list[str]:
+    """The fold's inner selection trials: ``max(1, round(inner_share * n_groups))`` whole
+    groups of its training trials (folds.json's ``train_groups``: a video's trials, a
+    subject's, stay on one side), drawn from (seed, fold) alone, so a rerun or a resumed run
+    draws the same, another seed draws others, and the training's random stream is untouched."""
+    where = f"fold {fold['fold']}"
+    if "train_groups" not in fold:
+        raise ValueError(f"{where} has no train_groups: folds.json predates inner selection: rerun make_folds "
+                         "(or set learning.train.selection: validation)")
+    groups = sorted((sorted(g) for g in fold["train_groups"] if g), key=lambda g: g[0])
+    if sorted(t for g in groups for t in g) != sorted(fold["train"]):
+        raise ValueError(f"{where}: its train_groups are not a partition of its training trials: folds.json is "
+                         "inconsistent, rerun make_folds")
+    n_inner = max(1, round(cfg.inner_share * len(groups)))
+    if n_inner >= len(groups):
+        raise ValueError(f"learning.train.inner_share {cfg.inner_share:g} holds out {n_inner} of the {len(groups)} "
+                         f"training group(s) of {where} for selection, which leaves none to train on: lower it, "
+                         "use more folds' worth of training videos, or set learning.train.selection: validation")
+    chosen = np.random.default_rng([cfg.seed, fold["fold"]]).choice(len(groups), size=n_inner, replace=False)
+    return sorted(t for i in chosen for t in groups[i])
+
+
+def selection_optimism(history: list[dict], selected_epoch: int, targets: tuple[str, ...]) -> dict:
+    """What selecting on the scored validation fold would have flattered it by: the
+    validation CCCs at the epoch the fold's own mean CCC (over ``targets``) picks among every
+    epoch trained, by validation mode's rule (first maximum, NaN never picked), minus those at
+    ``selected_epoch``. NaN when no epoch has a finite validation score."""
+    keys = ("ccc_valence", "ccc_arousal", "ccc_mean")
+    peeked, best = None, -math.inf
+    for row in history:
+        score = float(np.mean([row[f"val_ccc_{t}"] for t in targets]))
+        if not math.isnan(score) and score > best:
+            peeked, best = row["epoch"], score
+    if peeked is None:
+        return {"peeked_epoch": None, **{k: math.nan for k in keys}}
+    at = {row["epoch"]: row for row in history}
+    return {"peeked_epoch": peeked, **{k: at[peeked][f"val_{k}"] - at[selected_epoch][f"val_{k}"] for k in keys}}
+
 
 def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     """Linear warm-up over ``warmup_epochs``, then cosine decay to 0 at ``max_epochs``."""
@@ -289,10 +355,12 @@ def lr_factor(epoch: int, cfg: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def fingerprint(model_name: str, hparams: dict, cfg: TrainConfig, fold: dict, paths: dict[str, Path]) -> str:
-    """What a resumable checkpoint must match: model, settings, fold and input files."""
+def fingerprint(model_name: str, fusion_model: str, hparams: dict, cfg: TrainConfig, fold: dict,
+                paths: dict[str, Path]) -> str:
+    """What a resumable checkpoint must match: run, architecture, settings (seed and
+    selection included), fold and input files."""
     files = {name: (os.stat(p).st_size, os.stat(p).st_mtime_ns) for name, p in sorted(paths.items())}
-    blob = json.dumps([model_name, hparams, asdict(cfg), fold, files], sort_keys=True, default=str)
+    blob = json.dumps([model_name, fusion_model, hparams, asdict(cfg), fold, files], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -306,13 +374,23 @@ class TrainState:
 
 
 def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Path], out_dir: str | Path,
-               cfg: TrainConfig, *, streams: dict[str, list[str]] | None = None, audio_fill: dict[str, np.ndarray] | None = None,
-               device: str = "auto", threads: int = 1, stop_after_epochs: int | None = None,
-               feature_provenance: dict | None = None) -> dict:
-    """Train ``model_name`` (a fusion model, or a run ``<model>@<stream set>``) on ``fold``
-    ({"fold", "train", "validation"} trial lists) with the feature ``streams`` ({"audio":
-    [...], "visual": [...]}; None: every stream the aligned files hold), write model.pt, metrics.json, history.csv and
+               cfg: TrainConfig, *, fusion_model: str | None = None, streams: dict[str, list[str]] | None = None,
+               audio_fill: dict[str, np.ndarray] | None = None, device: str = "auto", threads: int = 1,
+               stop_after_epochs: int | None = None, feature_provenance: dict | None = None) -> dict:
+    """Train the run ``model_name`` (a fusion model, a run ``<model>@<stream set>`` or a named
+    experiment) on ``fold`` ({"fold", "train", "validation"} trial lists, and "train_groups"
+    for inner selection) with the feature ``streams`` ({"audio": [...], "visual": [...]};
+    None: every stream the aligned files hold), write model.pt, metrics.json, history.csv and
     val_predictions.h5 into ``out_dir``.
+
+    ``fusion_model``: the architecture to build, for a run whose name is not one (None: the
+    run's ``<model>`` part, ``split_run``).
+
+    ``cfg.selection``: "inner" trains on the fold's training trials less an inner split
+    (``inner_split``) whose mean CCC picks the epoch; the normaliser sees only the trials
+    trained on. "validation" picks on the validation fold. Either way the validation fold is
+    scored every epoch (history.csv's ``val_*``; ``inner_*`` too with "inner") and with the
+    selected epoch's model at the end.
 
     ``audio_fill``: the row a dropped frame gets per audio stream in the missing-audio test
     (``vafusion.features.silence.read_fill`` of ``cfg.missing_audio.fill``); None skips it.
@@ -327,6 +405,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    architecture = fusion_model if fusion_model is not None else split_run(model_name)[0]
     # Deterministic on the CPU with a fixed seed and thread count (checked by the tests);
     # torch.use_deterministic_algorithms is not needed there and costs up to 10x.
     torch.set_num_threads(max(1, threads))
@@ -334,10 +413,19 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     if streams is None:
         streams = by_modality(open_trial(paths[fold["train"][0]]).layout)
     names = streams["visual"] + streams["audio"]
-    train = [open_trial(paths[n], names) for n in fold["train"]]
+    inner_names = inner_split(fold, cfg) if cfg.selection == "inner" else []
+    held_out = set(inner_names)
+    train = [open_trial(paths[n], names) for n in fold["train"] if n not in held_out]
+    inner = [open_trial(paths[n], names) for n in inner_names]
     val = [open_trial(paths[n], names) for n in fold["validation"]]
-    selection = selection_targets(model_name, fold, val)
-    normalizer = Normalizer.fit(train)  # training trials only
+    val_targets = selection_targets(model_name, fold, val, selects=not inner)
+    # the trials whose mean CCC picks the epoch, and the targets it averages
+    picking, role = (inner, "inner selection") if inner else (val, "validation")
+    selection = selection_targets(model_name, fold, inner, role) if inner else val_targets
+    if inner:
+        log.info("%s fold %d: epochs selected on %d held-out training trial(s) (seed %d): %s", model_name,
+                 fold["fold"], len(inner), cfg.seed, ", ".join(inner_names))
+    normalizer = Normalizer.fit(train)  # the trials trained on only
 
     def normalised(t: StoredTrial) -> TrialData:
         return normalizer.apply(t.load())
@@ -346,7 +434,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     smoothing = int(hparams.get("smoothing", 0))
 
     torch.manual_seed(cfg.seed)
-    model = build_fusion_model(split_run(model_name)[0], dims, hparams, window=cfg.window, streams=streams).to(dev)
+    model = build_fusion_model(architecture, dims, hparams, window=cfg.window, streams=streams).to(dev)
     optimizer = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, cfg))
     rng = np.random.default_rng(cfg.seed)
@@ -354,7 +442,7 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     checkpoint = out_dir / "last.pt"
-    key = fingerprint(model_name, {**hparams, "streams": streams}, cfg, fold, paths)
+    key = fingerprint(model_name, architecture, {**hparams, "streams": streams}, cfg, fold, paths)
     if checkpoint.exists():
         saved = load_checkpoint(checkpoint, dev)
         if saved.get("fingerprint") == key:
@@ -396,9 +484,11 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trained with
         scheduler.step()
         scores, _, _ = evaluate(model, val, cfg, dev, smoothing, normalised)
+        inner_scores = evaluate(model, inner, cfg, dev, smoothing, normalised)[0] if inner else {}
         state.epoch += 1
         epochs_this_call += 1
-        score = float(np.mean([scores[f"ccc_{t}"] for t in selection]))
+        picked_on = inner_scores if inner else scores
+        score = float(np.mean([picked_on[f"ccc_{t}"] for t in selection]))
         improved = not math.isnan(score) and score > state.best_score
         if improved:
             state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
@@ -406,11 +496,14 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
         else:
             state.bad_epochs += 1
         state.history.append({"epoch": state.epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
+                              **{f"inner_{k}": v for k, v in inner_scores.items()},
                               **{f"val_{k}": v for k, v in scores.items()},
                               "lr": lr, "seconds": train_seconds,
                               "windows_per_s": len(windows) / train_seconds if train_seconds > 0 else math.nan})
-        log.info("%s fold %d epoch %d: loss %.4f, val CCC v %.3f a %.3f%s", model_name, fold["fold"], state.epoch,
-                 state.history[-1]["train_loss"], scores["ccc_valence"], scores["ccc_arousal"], " *" if improved else "")
+        log.info("%s fold %d epoch %d: loss %.4f,%s val CCC v %.3f a %.3f%s", model_name, fold["fold"], state.epoch,
+                 state.history[-1]["train_loss"],
+                 f" inner CCC v {inner_scores['ccc_valence']:.3f} a {inner_scores['ccc_arousal']:.3f}," if inner else "",
+                 scores["ccc_valence"], scores["ccc_arousal"], " *" if improved else "")
         with atomic_output(checkpoint) as tmp:
             torch_save({"fingerprint": key, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "best_weights": best_weights,
@@ -418,8 +511,8 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                         "torch_rng": torch.get_rng_state()}, tmp)
 
     if state.best_epoch < 1:
-        raise RuntimeError(f"{model_name} fold {fold['fold']}: no epoch of {state.epoch} had a finite validation CCC "
-                           f"({' + '.join(selection)} on {', '.join(fold['validation'])}; last training loss "
+        raise RuntimeError(f"{model_name} fold {fold['fold']}: no epoch of {state.epoch} had a finite {role} CCC "
+                           f"({' + '.join(selection)} on {', '.join(t.name for t in picking)}; last training loss "
                            f"{state.history[-1]['train_loss'] if state.history else math.nan:.4g}): the model never "
                            "trained to a scorable state (diverged to NaN, or constant predictions); nothing is saved")
     model.load_state_dict(best_weights)
@@ -427,10 +520,14 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     robustness, gate_traces = ({}, {}) if audio_fill is None else missing_audio_scores(
         model, val, normalizer, {s: audio_fill[s] for s in streams["audio"]}, cfg, dev, smoothing)
     throughput = [h["windows_per_s"] for h in state.history if not math.isnan(h["windows_per_s"])]
-    metrics = {"model": model_name, "fold": fold["fold"], **scores, "best_epoch": state.best_epoch,
+    # with inner selection: how optimistic the validation fold's own pick would have been
+    optimism = selection_optimism(state.history, state.best_epoch, val_targets) if inner else None
+    metrics = {"model": model_name, "fusion_model": architecture, "fold": fold["fold"], "seed": cfg.seed, **scores,
+               "best_epoch": state.best_epoch, "selection": cfg.selection, "inner_trials": inner_names,
+               "selection_optimism": optimism,
                "streams": streams, "stream_sources": stream_sources(feature_provenance),
                "selected_on": [f"ccc_{t}" for t in selection],
-               "unscored_targets": [t for t in TARGETS if t not in selection],
+               "unscored_targets": [t for t in TARGETS if t not in val_targets],
                "normaliser_constant_dims": normalizer.summary(),
                "epochs": state.epoch, "windows_per_s": float(np.median(throughput)) if throughput else math.nan,
                "n_train_trials": len(train), "n_validation_trials": len(val),
@@ -457,8 +554,9 @@ def write_outputs(out_dir: Path, model, model_name, hparams, dims, streams, norm
     ``valid`` and, for an IACA model, ``gates`` (T, 7: GATE_COLUMNS); the longest trial's
     group also has ``gates_missing_audio_<pattern>`` with its ``dropped_<pattern>`` frames."""
     with atomic_output(out_dir / "model.pt") as tmp:
-        torch_save({"model_name": model_name, "hparams": hparams, "dims": dims, "streams": streams,
-                    "state_dict": model.state_dict(),
+        torch_save({"model_name": model_name, "fusion_model": metrics["fusion_model"], "hparams": hparams,
+                    "dims": dims, "streams": streams, "state_dict": model.state_dict(),
+                    "selection": metrics["selection"], "inner_trials": metrics["inner_trials"],
                     "normalizer": normalizer.state(), "train_config": asdict(cfg), "fold": fold["fold"],
                     "metrics": {k: metrics[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch")},
                     **({RECORD_KEY: feature_provenance} if feature_provenance is not None else {})}, tmp)
@@ -502,9 +600,13 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
     """(model, its normaliser, its training settings, its smoothing in frames); the model's
     streams are ``model.fused_streams``."""
     saved = load_checkpoint(path, device)
-    cfg = TrainConfig.from_dict(saved["train_config"])
+    # a model.pt saved before inner selection picked its epoch on the validation fold and
+    # never held out an inner share
+    cfg = TrainConfig.from_dict({"selection": "validation", "inner_share": math.nan, **saved["train_config"]})
     streams = saved.get("streams", STREAMS_OF_OLDER_MODELS)
-    model = build_fusion_model(split_run(saved["model_name"])[0], saved["dims"], saved["hparams"], window=cfg.window,
+    # one saved before named experiments was always its run's <model> part
+    architecture = saved.get("fusion_model") or split_run(saved["model_name"])[0]
+    model = build_fusion_model(architecture, saved["dims"], saved["hparams"], window=cfg.window,
                                streams=streams).to(device)
     model.fused_streams = streams
     model.load_state_dict(saved["state_dict"])
