@@ -30,6 +30,8 @@ localrules:
     plot_model,
     plot_gates,
     plot_missing_audio,
+    ensemble_fold,
+    predict_ensemble,
     report,
 
 

@@ -100,8 +100,9 @@ def main() -> None:
     curves: dict[tuple[str, str, str], list[dict]] = {}
     for model_name in args.models.split(","):
         for fold in folds:
-            model, normalizer, cfg, smoothing = load_model(results / "models" / model_name / f"fold{fold['fold']}"
-                                                           / "model.pt", device)
+            seed = config["learning"]["seeds"][0]  # the first seed's models
+            model, normalizer, cfg, smoothing = load_model(results / "models" / model_name / f"seed{seed}"
+                                                           / f"fold{fold['fold']}" / "model.pt", device)
             val = [open_trial(results / "aligned" / "default" / f"{n}.h5") for n in fold["validation"]]
             for fill in FILLS:
                 both = replace(cfg, missing_audio=MissingAudio(tuple(shares), ("contiguous", "scattered"), fill))

@@ -70,14 +70,18 @@ def data_section(dataset: Path) -> dict:
     }
 
 
-# Test runs train three models for a few epochs on three folds (the full default list and
+# Test runs train three models and one experiment for a few epochs on three folds (the full default list and
 # six folds are `make run`'s): Yu et al.'s on both stream sets (the default, and the
 # pretrained set without its slowest stream, dlib's face descriptor at ~9 faces/s, which
 # its own tests cover) and the recursive JCA with IACA (the BLSTM and gate paths); three
 # shares of dropped audio, both patterns.
 TEST_LEARNING = {"models": ["tcn_transformer", "rjca_iaca", "tcn_transformer@pretrained"], "max_epochs": 3, "n_folds": 3,
                  "pretrained": {"audio": ["egemaps"], "visual": ["landmarks"]},
-                 "missing_audio": {"shares": [0.0, 0.4, 0.8], "patterns": ["contiguous", "scattered"], "fill": "zeros"}}
+                 "missing_audio": {"shares": [0.0, 0.4, 0.8], "patterns": ["contiguous", "scattered"], "fill": "zeros"},
+                 # an ablation (Yu et al.'s model with another learning rate) and an ensemble whose
+                 # weights come from the members' other folds
+                 "experiments": {"tcn_lr2x": {"model": "tcn_transformer", "overrides": {"train": {"lr": 0.002}}}},
+                 "ensembles": {"late_fusion": {"members": ["tcn_transformer", "rjca_iaca"], "weights": "ccc"}}}
 
 
 def write_config(workdir: Path, dataset: Path, output: str = "results", **changes) -> Path:
@@ -89,6 +93,8 @@ def write_config(workdir: Path, dataset: Path, output: str = "results", **change
     config["learning"]["n_folds"] = TEST_LEARNING["n_folds"]
     config["learning"]["train"]["max_epochs"] = TEST_LEARNING["max_epochs"]
     config["learning"]["train"]["missing_audio"] = TEST_LEARNING["missing_audio"]
+    config["learning"]["experiments"] = TEST_LEARNING["experiments"]
+    config["learning"]["ensembles"] = TEST_LEARNING["ensembles"]
     config.update(changes)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))

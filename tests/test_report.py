@@ -43,10 +43,12 @@ def test_summary_has_mean_std_best_fold_iaca_pairs_and_missing_audio_per_target(
     gated = next(line for line in lines if line.startswith("| rjca_iaca | 2 |"))
     assert "| 0 (0.300) |" in gated  # fold 0 and 1 tie at 0.3: the first is reported
     # with / without IACA, side by side, per target: valence 0.3 -> 0.4 (+0.100, +33.3 % of 0.3)
-    assert "| attention | target | without IACA | with IACA | with - without | Δ (% of without) |" in lines
-    assert "| rjca | valence | 0.300 | 0.400 | +0.100 | +33.3 % |" in lines
-    assert "| rjca | arousal | 0.500 | 0.200 | -0.300 | -60.0 % |" in lines
-    assert "| rjca | mean | 0.400 | 0.300 | -0.100 | -25.0 % |" in lines
+    assert ("| attention | target | without IACA | with IACA | with - without [interval] | p | resolved | "
+            "Δ (% of without) |") in lines
+    # without validation predictions there is no bootstrap: the difference of the means, no interval
+    assert "| rjca | valence | 0.300 ± 0.100 | 0.400 ± 0.100 | +0.100 | - | - | +33.3 % |" in lines
+    assert "| rjca | arousal | 0.500 ± 0.100 | 0.200 ± 0.100 | -0.300 | - | - | -60.0 % |" in lines
+    assert "| rjca | mean | 0.400 ± 0.100 | 0.300 ± 0.000 | -0.100 | - | - | -25.0 % |" in lines
     # missing audio, valence / arousal, mean over folds, for each scope
     assert sum("Missing audio (contiguous" in line for line in lines) == 2
     at_half = 0.4 - 0.2 * 0.5, 0.4 - 2 * 0.2 * 0.5  # rjca: mean base 0.4
@@ -65,11 +67,12 @@ def test_iaca_delta_is_table_2s_relative_improvement_in_percent():
     lines = summary_markdown(rows).splitlines()
     for m, (without, with_, printed) in table_2.items():
         for target, w0, w1, delta in zip(("valence", "arousal"), without, with_, printed):
-            assert f"| {m} | {target} | {w0:.3f} | {w1:.3f} | {w1 - w0:+.3f} | +{delta} % |" in lines
+            assert f"| {m} | {target} | {w0:.3f} ± 0.000 | {w1:.3f} ± 0.000 | {w1 - w0:+.3f} | - | - | +{delta} % |" \
+                in lines
     rows = [row("ca", 0, -0.1, 0.0), row("ca_iaca", 0, 0.2, 0.1)]
     lines = summary_markdown(rows).splitlines()
-    assert "| ca | valence | -0.100 | 0.200 | +0.300 | n/a |" in lines
-    assert "| ca | arousal | 0.000 | 0.100 | +0.100 | n/a |" in lines
+    assert "| ca | valence | -0.100 ± 0.000 | 0.200 ± 0.000 | +0.300 | - | - | n/a |" in lines
+    assert "| ca | arousal | 0.000 ± 0.000 | 0.100 ± 0.000 | +0.100 | - | - | n/a |" in lines
 
 
 def fake_runs(tmp_path, specs):
@@ -209,3 +212,92 @@ def test_stream_sets_are_listed_compared_fold_by_fold_and_their_sources_named():
     combined = hl.sha256(b"t1:11\nt2:22\n").hexdigest()
     assert items["stream openface_au"][0] == (f"external CSV files in /data/openface: 2 trials, sha256 of their "
                                               f"sha256s {combined} (fused by jca@pretrained)")
+
+
+def plain_ccc(x, y):
+    """Lin's CCC with population moments, written out (independent of vafusion.learning.ccc)."""
+    mx, my = x.mean(), y.mean()
+    return float(2 * ((x - mx) * (y - my)).mean() / (x.var() + y.var() + (mx - my) ** 2))
+
+
+def test_report_over_seeds_with_pooled_intervals_pairs_ensemble_and_selection_optimism(tmp_path):
+    """Two models and an ensemble, two seeds, two folds, six videos (one with two trials):
+    the summary's mean ± std over folds and seeds, the seed spread, the pooled CCC (all
+    validation frames of all folds, mean over seeds) and every pairwise difference, each
+    recomputed here; the ensemble's row; the optimism table; the selection mode named."""
+    rng = np.random.default_rng(4)
+    folds = {0: ["v0", "v1", "v5_left", "v5_right"], 1: ["v2", "v3", "v4"]}
+    videos = {t: t.removesuffix("_left").removesuffix("_right") for f in folds.values() for t in f}
+    labels = {t: rng.uniform(-1, 1, (40, 2)).astype(np.float32) for t in videos}
+    noise = {"jca": 0.3, "rjca": 0.8}
+    metrics_files, prediction_files, rows = [], [], {}
+    for model in ("jca", "rjca", "ens"):
+        for seed in (0, 1):
+            for fold, trials in folds.items():
+                run = tmp_path / model / f"seed{seed}" / f"fold{fold}"
+                run.mkdir(parents=True)
+                with h5py.File(run / "val_predictions.h5", "w") as h5:
+                    for t in trials:
+                        if model == "ens":
+                            pred = np.mean([rows[("jca", seed, fold)]["pred"][t], rows[("rjca", seed, fold)]["pred"][t]],
+                                           axis=0)
+                        else:
+                            pred = labels[t] + noise[model] * rng.normal(size=labels[t].shape).astype(np.float32)
+                        g = h5.create_group(t)
+                        g["prediction"], g["label"], g["valid"] = pred, labels[t], np.ones((40, 2), bool)
+                        rows.setdefault((model, seed, fold), {"pred": {}})["pred"][t] = pred
+                per_fold = {target: plain_ccc(np.concatenate([rows[(model, seed, fold)]["pred"][t][:, j] for t in trials]),
+                                              np.concatenate([labels[t][:, j] for t in trials]))
+                            for j, target in enumerate(("valence", "arousal"))}
+                record = {**row(model, fold, per_fold["valence"], per_fold["arousal"]), "seed": seed,
+                          "n_valid_frames": {"valence": 40 * len(trials), "arousal": 40 * len(trials)}}
+                if model == "ens":
+                    record["ensemble"] = {"members": ["jca", "rjca"], "weights_mode": "equal", "weights": {}}
+                else:
+                    record.update(best_epoch=2, selection="inner",
+                                  selection_optimism={"peeked_epoch": 3, "ccc_valence": 0.01 * (seed + 1),
+                                                      "ccc_arousal": 0.02 * fold, "ccc_mean": 0.03})
+                rows[(model, seed, fold)]["metrics"] = record
+                (run / "metrics.json").write_text(json.dumps(record))
+                metrics_files.append(run / "metrics.json")
+                prediction_files.append(run / "val_predictions.h5")
+    out = {k: tmp_path / name for k, name in (("ccc", "ccc.csv"), ("summary", "summary.md"), ("html", "report.html"),
+                                              ("ccc_per_fold", "ccc_per_fold.png"), ("provenance", "provenance.rst"),
+                                              ("config", "config.yaml"))}
+    write_reports(metrics_files, out, predictions=prediction_files, videos=videos,
+                  compare={"resamples": 2000, "confidence": 0.95, "seed": 0})
+    lines = out["summary"].read_text().splitlines()
+    assert out["ccc"].read_text().splitlines()[0] == "model,seed,fold,ccc_valence,ccc_arousal,ccc_mean"
+    assert any(line.startswith("Epoch selection: epochs selected on an inner split") for line in lines)
+
+    def fmt(values, signed=False):
+        return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {statistics.pstdev(values):.3f}"
+
+    jca = [rows[("jca", s, f)]["metrics"] for s in (0, 1) for f in folds]
+    spread = statistics.pstdev([statistics.fmean(r["ccc_mean"] for r in jca if r["seed"] == s) for s in (0, 1)])
+    assert any(line.startswith(f"| jca | 4 | {fmt([r['ccc_valence'] for r in jca])} |") and f"| {spread:.3f} |" in line
+               for line in lines)
+
+    def pooled(model, j):
+        per_seed = []
+        for s in (0, 1):
+            trials = [(t, f) for f, ts in folds.items() for t in ts]
+            x = np.concatenate([rows[(model, s, f)]["pred"][t][:, j] for t, f in trials])
+            y = np.concatenate([labels[t][:, j] for t, _ in trials])
+            per_seed.append(plain_ccc(x, y))
+        return float(np.mean(per_seed))
+
+    for model in ("jca", "rjca", "ens"):
+        v, a = pooled(model, 0), pooled(model, 1)
+        line = next(line for line in lines if line.startswith("| ") and f"| {model} | {v:.3f} [" in line)
+        assert f"| {a:.3f} [" in line and f"| {(v + a) / 2:.3f} [" in line
+    # every pair, better first: jca minus rjca per target; jca is far better on 7 videos x 40 frames
+    diff = pooled("jca", 0) - pooled("rjca", 0)
+    pair = next(line for line in lines if line.startswith("| jca | rjca | valence |"))
+    assert f"| {diff:+.3f} [" in pair and pair.endswith("| yes |")
+    assert sum(line.startswith("| ens | ") or line.startswith("| jca | ens |") for line in lines) >= 3
+    ensemble = next(line for line in lines if line.startswith("| ens | jca, rjca | equal |"))
+    assert "| jca |" in ensemble  # its best member
+    optimism = next(line for line in lines if line.startswith("| jca | 4 | +"))
+    assert fmt([0.01, 0.01, 0.02, 0.02], signed=True) in optimism and fmt([0, 0.02, 0, 0.02], signed=True) in optimism
+    assert "| 0 of 4 |" in optimism  # peeked epoch 3, selected 2

@@ -30,8 +30,9 @@ def browser(tmp_path_factory):
 
 
 def expected_figures(config: dict) -> dict[str, set[str]]:
-    """Category -> the PNG files the rules flag for the report."""
-    models = config["learning"]["models"]
+    """Category -> the PNG files the rules flag for the report (trained runs have figures;
+    ensembles are rows of the tables only)."""
+    models = list(config["learning"]["models"]) + list(config["learning"]["experiments"])
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     return {
         "1 Summary": {"ccc_per_fold.png"},

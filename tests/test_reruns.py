@@ -30,20 +30,31 @@ def align_jobs(trials, stream_sets=STREAM_SETS) -> set[str]:
     return {f"align_trial[stream_set={s}, trial={t}]" for s in stream_sets for t in trials}
 
 
-def runs_fusing(config: dict, stream: str) -> list[str]:
-    """The configured runs (<model>[@<set>]) whose stream set holds ``stream``."""
-    from vafusion.learning.streams import flat, run_streams
+def trained_runs(config: dict) -> list[str]:
+    """Every trained run: learning.models and learning.experiments."""
+    return list(config["learning"]["models"]) + list(config["learning"]["experiments"])
 
-    return [r for r in config["learning"]["models"] if stream in flat(run_streams(r, config["learning"]))]
+
+def runs_fusing(config: dict, stream: str) -> list[str]:
+    """The configured runs (<model>[@<set>], experiments) whose stream set holds ``stream``."""
+    from vafusion.learning.experiments import resolve_runs
+    from vafusion.learning.streams import flat
+
+    return [name for name, run in resolve_runs(config).items() if stream in flat(run.streams)]
 
 
 def learning_jobs(config: dict, models=None) -> set[str]:
-    """Every training of ``models``, their test predictions and figures, the cross-model
-    figures, the report and the final target."""
-    models = config["learning"]["models"] if models is None else models
-    patterns = config["learning"]["train"]["missing_audio"]["patterns"]
-    return ({f"train_model[model={m}, fold={k}]" for m in models for k in range(config["learning"]["n_folds"])}
-            | jobs_of("predict_test", "model", models) | jobs_of("plot_model", "model", models)
+    """Every training of ``models`` (default: every run), their test predictions and figures,
+    the ensembles holding one of them, the cross-model figures, the report and the final target."""
+    learning = config["learning"]
+    models = trained_runs(config) if models is None else models
+    ensembles = [e for e, spec in learning["ensembles"].items() if set(spec["members"]) & set(models)]
+    folds, seeds = range(learning["n_folds"]), learning["seeds"]
+    patterns = learning["train"]["missing_audio"]["patterns"]
+    return ({f"train_model[model={m}, seed={s}, fold={k}]" for m in models for s in seeds for k in folds}
+            | {f"ensemble_fold[model={e}, seed={s}, fold={k}]" for e in ensembles for s in seeds for k in folds}
+            | jobs_of("predict_test", "model", models) | jobs_of("predict_ensemble", "model", ensembles)
+            | jobs_of("plot_model", "model", models)
             | jobs_of("plot_gates", "model", [m for m in models if m.split("@")[0].endswith("_iaca")])
             | jobs_of("plot_missing_audio", "pattern", patterns) | {"report", "all"})
 
@@ -118,8 +129,30 @@ def test_new_video_runs_only_its_own_media_jobs(demo_run):
 def test_changed_training_parameter_reruns_training_and_reports(demo_run):
     results, config = demo_run
     changed = copy_config(config)
-    changed["learning"]["train"]["lr"] = 0.002
+    changed["learning"]["train"]["weight_decay"] = 0.02  # (the experiment overrides lr, not this)
     assert planned_jobs(results.parent, changed) == learning_jobs(config)
+
+
+def test_added_seed_trains_only_the_new_seed(demo_run):
+    """Seeds are a dimension of the workflow: seed 1 is new trainings and ensemble folds; the
+    seed-0 trainings stay; what reads every seed (test predictions, figures, report) reruns."""
+    results, config = demo_run
+    changed = copy_config(config)
+    changed["learning"]["seeds"] = [0, 1]
+    learning = config["learning"]
+    runs, folds = trained_runs(config), range(learning["n_folds"])
+    assert planned_jobs(results.parent, changed) == (
+        {f"train_model[model={m}, seed=1, fold={k}]" for m in runs for k in folds}
+        | {f"ensemble_fold[model={e}, seed=1, fold={k}]" for e in learning["ensembles"] for k in folds}
+        | (learning_jobs(config) - {j for j in learning_jobs(config) if j.startswith(("train_model", "ensemble_fold"))}))
+
+
+def test_changed_experiment_reruns_only_that_experiment(demo_run):
+    results, config = demo_run
+    changed = copy_config(config)
+    name = next(iter(config["learning"]["experiments"]))
+    changed["learning"]["experiments"][name]["overrides"]["train"]["lr"] = 0.003
+    assert planned_jobs(results.parent, changed) == learning_jobs(config, [name])
 
 
 def test_changed_model_parameter_reruns_only_that_model(demo_run):
@@ -127,7 +160,7 @@ def test_changed_model_parameter_reruns_only_that_model(demo_run):
     changed = copy_config(config)
     changed["learning"]["cross_attention"]["dim"] = 64
     attention_models = [m for m in config["learning"]["models"] if m.split("@")[0] != "tcn_transformer"]
-    assert attention_models and len(attention_models) < len(config["learning"]["models"])
+    assert attention_models and len(attention_models) < len(trained_runs(config))  # the experiment is a TCN
     assert planned_jobs(results.parent, changed) == learning_jobs(config, attention_models)
 
 
@@ -148,7 +181,7 @@ def test_changed_feature_parameter_reruns_that_feature_and_what_follows(demo_run
     extractor = jobs_of(rule, "video", ds.used_videos) if per_video else jobs_of(rule, "trial", ds.trials)
     fills = {f"fill_{section}"} if per_video else set()  # an audio stream's fills follow its extractor
     runs = runs_fusing(config, section)
-    assert runs and len(runs) < len(config["learning"]["models"])  # the pretrained set's model stays
+    assert runs and len(runs) < len(trained_runs(config))  # the pretrained set's model stays
     assert planned_jobs(results.parent, changed) == (
         extractor | fills | align_jobs(ds.trials, ["default"]) | learning_jobs(config, runs))
 

@@ -140,7 +140,9 @@ def test_feature_files_sit_on_the_frame_clock(demo_run):
 def test_learning_outputs_and_reports(demo_run):
     results, config = demo_run
     ds = discover(config["data"])
-    models, n_folds = config["learning"]["models"], config["learning"]["n_folds"]
+    learning = config["learning"]
+    runs = list(learning["models"]) + list(learning["experiments"])  # trained
+    models, n_folds = runs + list(learning["ensembles"]), learning["n_folds"]  # every row of the report
     folds = json.loads((results / "folds.json").read_text())
     assert len(folds["folds"]) == n_folds
     for name, trial in ds.trials.items():
@@ -153,17 +155,26 @@ def test_learning_outputs_and_reports(demo_run):
         with h5py.File(results / "aligned" / "pretrained" / f"{name}.h5") as h5:  # the pretrained set's
             assert h5["egemaps"].shape[1] == 88 and h5["landmarks"].shape[1] == 136 and "vggish" not in h5
     rows = (results / "reports" / "ccc.csv").read_text().splitlines()
-    assert rows[0] == "model,fold,ccc_valence,ccc_arousal,ccc_mean"
-    assert len(rows) == 1 + len(models) * n_folds
+    assert rows[0] == "model,seed,fold,ccc_valence,ccc_arousal,ccc_mean"
+    assert len(rows) == 1 + len(models) * n_folds * len(learning["seeds"])
     summary = (results / "reports" / "summary.md").read_text()
+    # the comparisons: each model's pooled CCC with its interval, every pair, the experiment
+    # against the model it varies, the ensemble against its best member, the selection optimism
+    assert "Epoch selection: epochs selected on an inner split" in summary
+    assert "## Pooled CCC with 95% bootstrap intervals, best first" in summary
+    assert summary.count("| valence |") >= len(models) * (len(models) - 1) // 2  # one row per pair and target
+    experiment = next(iter(learning["experiments"]))
+    assert f"| {experiment} | train.lr=0.002 |" in summary and "| tcn_transformer | " in summary
+    assert "| late_fusion | tcn_transformer, rjca_iaca | ccc |" in summary
+    assert "## Selection optimism" in summary
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     assert all(f"| {m} |" in summary for m in models)
     for pattern in patterns:  # one table per pattern and scope: all validation trials, the longest one
         assert summary.count(f"## Missing audio ({pattern} frames dropped, given zeros at the audio networks' input)") == 2
     page = (results / "reports" / "report.html").read_text()
-    iaca = [m for m in models if m.endswith("_iaca")]  # + their two gate figures
-    assert page.count("data:image/png;base64,") == 1 + len(patterns) + 4 * len(models) + 2 * len(iaca)
-    for model in models:  # CCC per validation trial: each trial once, in the fold that validates it
+    iaca = [m for m in runs if m.endswith("_iaca")]  # + their two gate figures
+    assert page.count("data:image/png;base64,") == 1 + len(patterns) + 4 * len(runs) + 2 * len(iaca)
+    for model in runs:  # CCC per validation trial: each trial once, in the fold that validates it
         with open(results / "reports" / model / "ccc_per_trial.csv", newline="") as fh:
             per_trial = list(csv.DictReader(fh))
         assert sorted(r["trial"] for r in per_trial) == sorted(t for f in folds["folds"] for t in f["validation"])
@@ -176,7 +187,11 @@ def test_learning_outputs_and_reports(demo_run):
             values = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
             assert len(values) == len(list(iter_frames(ds.videos[trial.video])))
             assert values.std(axis=0).min() > 0  # a per-frame prediction, not a constant
-        metrics = json.loads((results / "models" / model / "fold0" / "metrics.json").read_text())
+        if model not in runs:
+            continue  # an ensemble: no missing-audio test of its own
+        metrics = json.loads((results / "models" / model / "seed0" / "fold0" / "metrics.json").read_text())
+        assert metrics["selection"] == "inner" and set(metrics["inner_trials"]).isdisjoint(
+            folds["folds"][0]["validation"])
         shares = {f"{s:g}" for s in config["learning"]["train"]["missing_audio"]["shares"]}
         for pattern in patterns:
             for scope in ("all_trials", "longest_trial"):
@@ -275,7 +290,7 @@ def test_predict_new_videos_with_a_trained_run(demo_run, tmp_path):
         assert lines[0] == "valence,arousal" and len(lines) - 1 == n_frames
         written = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
         trial = load_trial(out / "aligned" / split_run(model)[1] / "mirrored_bbaf2n.h5")
-        folds = sorted((results / "models" / model).glob("fold*/model.pt"))
+        folds = sorted((results / "models" / model).glob("seed*/fold*/model.pt"))
         each = []
         for path in folds:
             net, normalizer, cfg, smoothing = load_model(path, torch.device("cpu"))

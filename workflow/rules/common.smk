@@ -1,6 +1,8 @@
 # Trial discovery and input functions. The data folders are scanned once, here, when the
 # workflow is parsed; input functions only look things up in the result.
+import copy
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -8,9 +10,10 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vafusion.dataset import DatasetError, discover
 from vafusion.features import registry
+from vafusion.learning.experiments import ensembles, experiment_problems, resolve_runs
 from vafusion.learning.provenance import trained_run_problems
-from vafusion.learning.streams import flat, run_streams, split_run, stream_problems, stream_sets, used_streams
-from vafusion.models import config_section, settings_problems
+from vafusion.learning.streams import flat, stream_problems, stream_sets, used_streams
+from vafusion.models import settings_problems
 
 
 OUT = config["output"]
@@ -35,6 +38,26 @@ if problems := settings_problems(config["learning"]):
 if problems := stream_problems(config):
     raise WorkflowError("feature streams that cannot work:\n" + "\n".join(problems))
 
+
+def validate_learning(learning):
+    """Schema-check an experiment's effective learning section (on a copy: validate fills defaults)."""
+    validate(copy.deepcopy({**config, "learning": learning}), "../schemas/config.schema.yaml")
+
+
+if problems := experiment_problems(config, validate_learning):
+    raise WorkflowError("experiments or ensembles that cannot work:\n" + "\n".join(problems))
+
+# Every trained run (learning.models, learning.experiments) and ensemble by name: the
+# folders models/<name>/seed<s>/fold<f>/ and the report's rows.
+RUNS = resolve_runs(config)
+ENSEMBLES = ensembles(config)
+SEEDS = config["learning"]["seeds"]
+
+
+def any_of(names):
+    """A wildcard constraint matching exactly these names."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True)) or "(?!)"
+
 # The feature streams (vafusion.features.registry); only those some model fuses are made.
 STREAM_SPECS = registry.streams(config)
 USED_STREAMS = used_streams(config)
@@ -48,8 +71,10 @@ ANNOTATED = [name for name, t in TRIALS.items() if t.annotation is not None]
 wildcard_constraints:
     video="[^/]+",
     trial="[^/]+",
-    # a fusion model, or <model>@<stream set> (learning.stream_sets)
-    model="[a-z_]+(@[A-Za-z0-9_-]+)?",
+    # a run (a fusion model, <model>@<stream set>, an experiment) or an ensemble
+    model=any_of(list(RUNS) + list(ENSEMBLES)),
+    seed="[0-9]+",
+    fold="[0-9]+",
     stream_set="[A-Za-z0-9_-]+",
 
 
@@ -161,14 +186,23 @@ def feature_outputs():
     return sorted({stream_file(stream, trial) for stream in USED_STREAMS for trial in TRIALS.values()})
 
 
-MODELS = config["learning"]["models"]
+MODELS = list(RUNS) + list(ENSEMBLES)  # every row of the report
 FOLDS = list(range(config["learning"]["n_folds"]))
 TEST_TRIALS = [t.name for t in DATASET.partition("test")]
 TRAINED_RUN = config["learning"]["trained_run"]
+
+
+def trained_files(run, name):
+    """A finished run's files of one model: models/<run>/seed*/fold*/<name> (fold*/<name>
+    before seeds were a dimension)."""
+    folder = Path(TRAINED_RUN, "models", run)
+    return sorted(folder.glob(f"seed*/fold*/{name}")) or sorted(folder.glob(f"fold*/{name}"))
+
+
 if TRAINED_RUN is not None:
-    TRAINED_MODELS = {m: sorted(Path(TRAINED_RUN, "models", m).glob("fold*/model.pt")) for m in MODELS}
+    TRAINED_MODELS = {m: trained_files(m, "model.pt") for m in RUNS}
     if missing := [m for m, paths in TRAINED_MODELS.items() if not paths]:
-        raise WorkflowError(f"learning.trained_run: no models/<model>/fold*/model.pt in '{TRAINED_RUN}' for "
+        raise WorkflowError(f"learning.trained_run: no models/<model>/seed*/fold*/model.pt in '{TRAINED_RUN}' for "
                             + ", ".join(missing))
     if not TEST_TRIALS:
         raise WorkflowError("learning.trained_run is set but there is nothing to predict (no test trials)")
@@ -211,35 +245,75 @@ def fold_groups_input():
     return [] if path is None else [path]
 
 
+# A run's settings: its jobs' params (so that changing one experiment reruns only it).
+def run_train(wildcards):
+    return RUNS[wildcards.model].learning["train"]
+
+
 def model_hparams(wildcards):
-    return config["learning"][config_section(split_run(wildcards.model)[0])]
+    return RUNS[wildcards.model].hparams
+
+
+def fusion_model(wildcards):
+    return RUNS[wildcards.model].fusion_model
 
 
 def model_streams(wildcards):
-    return run_streams(wildcards.model, config["learning"])
+    return RUNS[wildcards.model].streams
 
 
 def run_aligned(trials):
     """Input function: the aligned files of ``trials`` in the stream set of the run ``wildcards.model``."""
     return lambda wildcards: expand(f"{OUT}/aligned/{{stream_set}}/{{trial}}.h5",
-                                    stream_set=split_run(wildcards.model)[1], trial=trials)
+                                    stream_set=RUNS[wildcards.model].stream_set, trial=trials)
 
 
 def fill_inputs(wildcards):
     """The missing-audio fills of a run's audio streams (features/fills/<stream>.h5)."""
-    return [f"{OUT}/features/fills/{s}.h5" for s in run_streams(wildcards.model, config["learning"])["audio"]]
+    return [f"{OUT}/features/fills/{s}.h5" for s in RUNS[wildcards.model].streams["audio"]]
 
 
 RUN_OUTPUTS = ("model.pt", "metrics.json", "history.csv", "val_predictions.h5")
 
 
-def run_files(name):
-    return expand(f"{OUT}/models/{{model}}/fold{{fold}}/{name}", model=MODELS, fold=FOLDS)
+def run_files(name, names=None):
+    """File ``name`` of every model (``names``: those only), seed and fold."""
+    return expand(f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/{name}", model=MODELS if names is None else names,
+                  seed=SEEDS, fold=FOLDS)
 
 
 def model_run_files(name):
-    """Input function: one model's file ``name`` of every fold."""
-    return lambda wildcards: expand(f"{OUT}/models/{wildcards.model}/fold{{fold}}/{name}", fold=FOLDS)
+    """Input function: one model's file ``name`` of every seed and fold."""
+    return lambda wildcards: expand(f"{OUT}/models/{wildcards.model}/seed{{seed}}/fold{{fold}}/{name}", seed=SEEDS,
+                                    fold=FOLDS)
+
+
+def ensemble_members(wildcards):
+    return ENSEMBLES[wildcards.model]["members"]
+
+
+def ensemble_member_predictions(wildcards):
+    """The members' validation predictions of this seed and fold, in the order of the members."""
+    return [f"{OUT}/models/{m}/seed{wildcards.seed}/fold{wildcards.fold}/val_predictions.h5"
+            for m in ensemble_members(wildcards)]
+
+
+def ensemble_member_metrics(wildcards):
+    """Every fold's metrics of each member for this seed (weights: ccc reads the other folds')."""
+    return expand(f"{OUT}/models/{{member}}/seed{wildcards.seed}/fold{{fold}}/metrics.json",
+                  member=ensemble_members(wildcards), fold=FOLDS)
+
+
+def ensemble_test_inputs(wildcards):
+    """The members' test predictions and metrics (all seeds and folds: the test weights)."""
+    members = ensemble_members(wildcards)
+    predictions = expand(f"{OUT}/predictions/{{member}}/test/{{trial}}.txt", member=members, trial=TEST_TRIALS)
+    if TRAINED_RUN is not None:
+        metrics = [str(p) for m in members for p in trained_files(m, "metrics.json")]
+    else:
+        metrics = expand(f"{OUT}/models/{{member}}/seed{{seed}}/fold{{fold}}/metrics.json", member=members,
+                         seed=SEEDS, fold=FOLDS)
+    return {"member_predictions": predictions, "member_metrics": metrics}
 
 
 # rule report's outputs; all of them are targets, so that `snakemake --report` finds every flagged file
@@ -252,8 +326,8 @@ MISSING_AUDIO_PATTERNS = config["learning"]["train"]["missing_audio"]["patterns"
 def model_figure_files():
     """Every model's figures (rule plot_model), and the IACA models' gate figures (plot_gates)."""
     files = []
-    for model in MODELS:
-        names = MODEL_FIGURES + (GATE_FIGURES if split_run(model)[0].endswith("_iaca") else ())
+    for model in RUNS:
+        names = MODEL_FIGURES + (GATE_FIGURES if RUNS[model].fusion_model.endswith("_iaca") else ())
         files += [f"{OUT}/reports/{model}/{name}.png" for name in names]
     return files
 
@@ -273,7 +347,7 @@ def fold_models(wildcards):
     """The fold models that predict the test trials: this run's, or learning.trained_run's."""
     if TRAINED_RUN is not None:
         return [str(p) for p in TRAINED_MODELS[wildcards.model]]
-    return expand(f"{OUT}/models/{wildcards.model}/fold{{fold}}/model.pt", fold=FOLDS)
+    return expand(f"{OUT}/models/{wildcards.model}/seed{{seed}}/fold{{fold}}/model.pt", seed=SEEDS, fold=FOLDS)
 
 
 def prediction_outputs():

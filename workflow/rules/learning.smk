@@ -33,7 +33,7 @@ rule make_folds:
         n_folds=config["learning"]["n_folds"],
         seed=config["learning"]["fold_seed"],
         train={t.name: t.video for t in DATASET.partition("train")},
-        validation=[t.name for t in DATASET.partition("validation")],
+        validation={t.name: t.video for t in DATASET.partition("validation")},
     log:
         f"{OUT}/logs/make_folds.log",
     threads: 1
@@ -52,19 +52,21 @@ rule train_model:
         aligned=run_aligned(ANNOTATED),
         fills=fill_inputs,
     output:
-        model=f"{OUT}/models/{{model}}/fold{{fold}}/model.pt",
-        metrics=f"{OUT}/models/{{model}}/fold{{fold}}/metrics.json",
-        history=f"{OUT}/models/{{model}}/fold{{fold}}/history.csv",
-        predictions=f"{OUT}/models/{{model}}/fold{{fold}}/val_predictions.h5",
+        model=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/model.pt",
+        metrics=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/metrics.json",
+        history=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/history.csv",
+        predictions=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/val_predictions.h5",
     params:
-        train=config["learning"]["train"],
+        # the run's effective settings (an experiment's overrides applied)
+        fusion_model=fusion_model,
+        train=run_train,
         hparams=model_hparams,
         streams=model_streams,
         device=config["learning"]["device"],
     log:
-        f"{OUT}/logs/train_model/{{model}}_fold{{fold}}.log",
+        f"{OUT}/logs/train_model/{{model}}_seed{{seed}}_fold{{fold}}.log",
     wildcard_constraints:
-        fold="[0-9]+",
+        model=any_of(RUNS),
     threads: 1
     resources:
         # Windows are read from the aligned files, not held: peak RSS ~1 GB, flat in the
@@ -78,6 +80,30 @@ rule train_model:
         "../scripts/train_model.py"
 
 
+rule ensemble_fold:
+    input:
+        member_predictions=ensemble_member_predictions,
+        member_metrics=ensemble_member_metrics,
+    output:
+        metrics=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/metrics.json",
+        predictions=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/val_predictions.h5",
+    params:
+        members=ensemble_members,
+        weights=lambda wildcards: ENSEMBLES[wildcards.model].get("weights", "equal"),
+    log:
+        f"{OUT}/logs/ensemble_fold/{{model}}_seed{{seed}}_fold{{fold}}.log",
+    wildcard_constraints:
+        model=any_of(ENSEMBLES),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/ensemble_fold.py"
+
+
 rule predict_test:
     input:
         models=fold_models,
@@ -88,6 +114,8 @@ rule predict_test:
         device=config["learning"]["device"],
     log:
         f"{OUT}/logs/predict_test/{{model}}.log",
+    wildcard_constraints:
+        model=any_of(RUNS),
     threads: 1
     resources:
         mem_mb=4000,
@@ -97,6 +125,29 @@ rule predict_test:
         "../../envs/learning.yaml"
     script:
         "../scripts/predict_test.py"
+
+
+rule predict_ensemble:
+    input:
+        unpack(ensemble_test_inputs),
+    output:
+        predictions=expand(f"{OUT}/predictions/{{{{model}}}}/test/{{trial}}.txt", trial=TEST_TRIALS),
+    params:
+        members=ensemble_members,
+        weights=lambda wildcards: ENSEMBLES[wildcards.model].get("weights", "equal"),
+        trials=TEST_TRIALS,
+    log:
+        f"{OUT}/logs/predict_ensemble/{{model}}.log",
+    wildcard_constraints:
+        model=any_of(ENSEMBLES),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/predict_ensemble.py"
 
 
 rule plot_model:
@@ -142,6 +193,8 @@ rule plot_model:
         ),
     log:
         f"{OUT}/logs/plot_model/{{model}}.log",
+    wildcard_constraints:
+        model=any_of(RUNS),
     threads: 1
     resources:
         mem_mb=2000,
@@ -175,7 +228,7 @@ rule plot_gates:
     log:
         f"{OUT}/logs/plot_gates/{{model}}.log",
     wildcard_constraints:
-        model="[a-z]+_iaca(@[A-Za-z0-9_-]+)?",
+        model=any_of([r for r in RUNS if RUNS[r].fusion_model.endswith("_iaca")]),
     threads: 1
     resources:
         mem_mb=2000,
@@ -188,7 +241,7 @@ rule plot_gates:
 
 rule plot_missing_audio:
     input:
-        metrics=run_files("metrics.json"),
+        metrics=run_files("metrics.json", RUNS),
     output:
         figure=report(
             f"{OUT}/reports/missing_audio_{{pattern}}.png",
@@ -214,6 +267,7 @@ rule plot_missing_audio:
 rule report:
     input:
         metrics=run_files("metrics.json"),
+        predictions=run_files("val_predictions.h5"),
         figures=model_figure_files(),
         missing_audio=missing_audio_figure_files(),
     output:
@@ -248,6 +302,12 @@ rule report:
         weights=config["weights"],
         config=config,
         counts=DATA_COUNTS,
+        # trial -> video: the bootstrap resamples whole videos (both trials of a two-person video)
+        videos={name: t.video for name, t in TRIALS.items()},
+        # runs that vary a listed model (another stream set, learning.experiments): ranked against it
+        variants={name: {"model": run.fusion_model, "stream_set": run.stream_set, "changes": run.changes}
+                  for name, run in RUNS.items() if run.changes},
+        compare=config["learning"]["compare"],
     log:
         f"{OUT}/logs/report.log",
     threads: 1

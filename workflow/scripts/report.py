@@ -10,6 +10,10 @@ with job_logging(snakemake.log[0], "report", outputs=snakemake.output):
     write_reports(
         list(snakemake.input.metrics),
         dict(snakemake.output.items()),
+        predictions=list(snakemake.input.predictions),
+        videos=dict(snakemake.params.videos),
+        variants=dict(snakemake.params.variants),
+        compare=dict(snakemake.params.compare),
         figures=list(snakemake.input.figures),
         missing_audio_figures=list(snakemake.input.missing_audio),
         weights=dict(snakemake.params.weights),

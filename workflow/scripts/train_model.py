@@ -1,4 +1,4 @@
-# Snakemake adapter: folds + aligned trials -> one trained model per fold (vafusion.learning.train).
+# Snakemake adapter: folds + aligned trials -> one trained model per fold and seed (vafusion.learning.train).
 import json
 import sys
 from pathlib import Path
@@ -12,7 +12,8 @@ from vafusion.learning.provenance import aligned_record
 from vafusion.learning.train import TrainConfig, train_fold
 
 with (
-    job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} fold {snakemake.wildcards.fold}",
+    job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} seed {snakemake.wildcards.seed} "
+                f"fold {snakemake.wildcards.fold}",
                 outputs=snakemake.output),
     job_device(snakemake.params.device) as device,
 ):
@@ -23,7 +24,7 @@ with (
     streams = snakemake.params.streams
     record = aligned_record([aligned[name] for name in fold["train"] + fold["validation"]],
                             streams["visual"] + streams["audio"])
-    cfg = TrainConfig.from_dict(snakemake.params.train)
+    cfg = TrainConfig.from_dict(snakemake.params.train, seed=int(snakemake.wildcards.seed))
     fills = {Path(p).stem: p for p in snakemake.input.fills}  # features/fills/<stream>.h5
     train_fold(
         snakemake.wildcards.model,
@@ -37,4 +38,5 @@ with (
         device=device,
         threads=snakemake.threads,
         feature_provenance=record,
+        fusion_model=snakemake.params.fusion_model,
     )

@@ -47,10 +47,11 @@ def plot_ccc_per_fold(rows: list[dict], path: str | Path) -> None:
     width = 0.8 / max(1, len(models))
     for ax, target in zip(axes, TARGETS):
         for i, m in enumerate(models):
-            values = [next((r[f"ccc_{target}"] for r in rows if r["model"] == m and r["fold"] == f), np.nan)
-                      for f in folds]
+            values = [stats([r[f"ccc_{target}"] for r in rows if r["model"] == m and r["fold"] == f] or [np.nan])[0]
+                      for f in folds]  # the mean over seeds
             ax.bar(np.array(folds) + i * width - 0.4 + width / 2, values, width, label=m)
-        ax.set_title(f"validation CCC, {target}")
+        ax.set_title(f"validation CCC, {target}" + (" (mean over seeds)" if len({r.get("seed", 0) for r in rows}) > 1
+                                                   else ""))
         ax.set_xlabel("fold")
         ax.set_xticks(folds)
         ax.axhline(0, color="black", linewidth=0.5)
@@ -276,13 +277,15 @@ def plot_gates_missing_audio(runs: list[Run], path: str | Path) -> None:
 def model_figures(runs: list[Run], out: dict[str, str | Path]) -> None:
     """Write the figures of one model's runs that ``out`` names (MODEL_FIGURES stems -> paths;
     "ccc_per_trial_csv": the per-trial CCC table): rule plot_model asks for the first four,
-    rule plot_gates for the gate figures of an IACA model."""
-    runs = sorted(runs, key=lambda r: r.fold)
-    trial_rows = per_trial_ccc(runs) if {"ccc_per_trial", "ccc_per_trial_csv"} & set(out) else []
+    rule plot_gates for the gate figures of an IACA model. With several seeds the figures show
+    the first seed's trainings (one line per fold stays readable); the table has every seed."""
+    every_seed = sorted(runs, key=lambda r: (r.seed, r.fold))
+    runs = [r for r in every_seed if r.seed == every_seed[0].seed]
+    trial_rows = per_trial_ccc(every_seed) if {"ccc_per_trial", "ccc_per_trial_csv"} & set(out) else []
     writers = {
         "training_curves": lambda path: plot_training_curves(runs, path),
         "ccc_per_trial_csv": lambda path: write_per_trial_csv(trial_rows, path),
-        "ccc_per_trial": lambda path: plot_ccc_per_trial(trial_rows, path),
+        "ccc_per_trial": lambda path: plot_ccc_per_trial([r for r in trial_rows if r["seed"] == runs[0].seed], path),
         "scatter": lambda path: plot_scatter(runs, path),
         "traces": lambda path: plot_traces(best_run(runs), path),
         "gates_over_time": lambda path: plot_gates_over_time(runs, path),

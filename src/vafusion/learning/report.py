@@ -17,13 +17,16 @@ from pathlib import Path
 
 import yaml
 
+from vafusion.learning.bootstrap import Bootstrap, load_predictions
+from vafusion.learning.comparisons import (experiments_markdown, ensembles_markdown, iaca_markdown, models_markdown,
+                                           optimism_markdown, pairs_markdown, seed_spread, selection_line)
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
-from vafusion.learning.results import (FILL_NAMES, MISSING_SCOPES, TARGETS, load_metrics, missing_audio_curve,
-                                       missing_audio_fill, missing_audio_patterns, stats, unscored)
+from vafusion.learning.results import (FILL_NAMES, MISSING_SCOPES, TARGETS, missing_audio_curve, missing_audio_fill,
+                                       missing_audio_patterns, read_metrics, stats, unscored)
 from vafusion.learning.streams import DEFAULT_SET, split_run
 from vafusion.weights import RANDOM_INIT, sha256sum
 
-COLUMNS = ("model", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
+COLUMNS = ("model", "seed", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
 PACKAGES = ("vafusion", "torch", "torchaudio", "torchvision", "numpy", "h5py", "snakemake")
 
 
@@ -34,59 +37,52 @@ def _fmt(mean: float, std: float | None = None, signed: bool = False) -> str:
     return text if std is None else f"{text} ± {std:.3f}"
 
 
-def _relative_change(without: float, with_: float) -> str:
-    """Praveen & Alam's Table 2 Δ: 100 (with - without) / without, in %. Undefined (n/a) for
-    a baseline CCC <= 0, where a ratio would flip or explode; NaN stays NaN."""
-    if math.isnan(without) or math.isnan(with_):
-        return "NaN"
-    if without <= 0:
-        return "n/a"
-    return f"{100 * (with_ - without) / without:+.1f} %"
-
-
 def write_ccc_csv(rows: list[dict], path: str | Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(COLUMNS)
         for r in rows:
-            writer.writerow([r["model"], r["fold"]] + [f"{r[c]:.6f}" for c in COLUMNS[2:]])
+            writer.writerow([r["model"], r.get("seed", 0), r["fold"]] + [f"{r[c]:.6f}" for c in COLUMNS[3:]])
 
 
-def summary_markdown(rows: list[dict]) -> str:
+def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: dict[str, dict] | None = None) -> str:
+    """The tables of the report. ``boot``: the paired bootstrap over the runs' validation
+    predictions (None: the tables that need it are left out); ``variants``: the runs that
+    vary a listed model (name -> {"model", "stream_set", "changes"})."""
     models = sorted({r["model"] for r in rows})
-    lines = ["# Validation CCC per model (mean ± std over folds)", "",
-             "| model | folds | valence | arousal | mean | best fold (mean CCC) | windows/s |",
-             "|---|---|---|---|---|---|---|"]
-    means = {}
+    seeds = sorted({r.get("seed", 0) for r in rows})
+    lines = ["# Validation CCC per model (mean ± std over folds and seeds)", "",
+             selection_line(rows), "",
+             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}). Seed spread: the std over seeds of the mean CCC "
+             "over folds, how far retraining with another seed moves a model (- with one seed). A difference "
+             "between models smaller than this is noise.", "",
+             "| model | trainings | valence | arousal | mean | seed spread (mean) | best fold (mean CCC) | windows/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for m in models:
         mine = [r for r in rows if r["model"] == m]
-        scores = {c: stats([r[c] for r in mine]) for c in COLUMNS[2:]}
-        means[m] = scores
+        scores = {c: stats([r[c] for r in mine]) for c in COLUMNS[3:]}
         scored = [r for r in mine if not math.isnan(r["ccc_mean"])]
         best = max(scored, key=lambda r: r["ccc_mean"]) if scored else None
         best_txt = f"{best['fold']} ({best['ccc_mean']:.3f})" if best else "-"
+        spread = seed_spread(rows, m)
         speed = stats([r.get("windows_per_s", math.nan) for r in mine])[0]
         lines.append(f"| {m} | {len(mine)} | {_fmt(*scores['ccc_valence'])} | {_fmt(*scores['ccc_arousal'])} | "
-                     f"{_fmt(*scores['ccc_mean'])} | {best_txt} | {speed:.1f} |")
+                     f"{_fmt(*scores['ccc_mean'])} | {'-' if math.isnan(spread) else f'{spread:.3f}'} | {best_txt} | "
+                     f"{'-' if math.isnan(speed) else f'{speed:.1f}'} |")
     missing = unscored(rows)
     if missing:
         lines += ["", "Folds without a score for a target (their CCC is NaN; the means above leave them out):",
                   ""] + [f"- {line}" for line in missing]
-    pairs = [(m, f"{m}_iaca") for m in ("ca", "jca", "rjca", "tca") if m in models and f"{m}_iaca" in models]
-    if pairs:
-        lines += ["", "## With and without the IACA gate", "",
-                  "Δ as in Praveen & Alam's Table 2, a relative change in % of the CCC without IACA: "
-                  "100 (with - without) / without (n/a where the CCC without IACA is not positive); "
-                  "the absolute difference beside it.", "",
-                  "| attention | target | without IACA | with IACA | with - without | Δ (% of without) |",
-                  "|---|---|---|---|---|---|"]
-        for base, gated in pairs:
-            for c in COLUMNS[2:]:
-                a, b = means[base][c][0], means[gated][c][0]
-                lines.append(f"| {base} | {c.removeprefix('ccc_')} | {_fmt(a)} | {_fmt(b)} | {b - a:+.3f} | "
-                             f"{_relative_change(a, b)} |")
-    lines += stream_set_markdown(rows)
-    lines += missing_audio_markdown(rows)
+    if boot is not None:
+        lines += models_markdown(boot, models)
+    lines += iaca_markdown(rows, boot)
+    if boot is not None:
+        lines += experiments_markdown(boot, variants or {}, models)
+        lines += ensembles_markdown(rows, boot)
+        lines += pairs_markdown(boot, models)
+    lines += optimism_markdown(rows)
+    lines += stream_set_markdown([r for r in rows if "ensemble" not in r], variants)
+    lines += missing_audio_markdown([r for r in rows if "ensemble" not in r])
     return "\n".join(lines) + "\n"
 
 
@@ -96,7 +92,7 @@ def _streams_text(streams: dict | None) -> str:
     return f"audio {' + '.join(streams['audio'])}; visual {' + '.join(streams['visual'])}"
 
 
-def stream_set_markdown(rows: list[dict]) -> list[str]:
+def stream_set_markdown(rows: list[dict], variants: dict[str, dict] | None = None) -> list[str]:
     """Which streams each run fused and, for every fusion model trained on several stream
     sets, the sets side by side: CCC mean ± std over folds, and the per-fold difference to
     the default set (paired by fold: the same validation trials)."""
@@ -105,6 +101,8 @@ def stream_set_markdown(rows: list[dict]) -> list[str]:
              "|---|---|---|---|"]
     for run in runs:
         model, stream_set = split_run(run)
+        if run in (variants or {}):  # an experiment: its own fusion model and stream set
+            model, stream_set = variants[run]["model"], variants[run]["stream_set"]
         streams = next((r.get("streams") for r in rows if r["model"] == run), None)
         lines.append(f"| {run} | {model} | {stream_set} | {_streams_text(streams)} |")
     by_model: dict[str, list[str]] = {}
@@ -113,21 +111,21 @@ def stream_set_markdown(rows: list[dict]) -> list[str]:
     compared = {m: sorted(rs, key=lambda r: split_run(r)[1] != DEFAULT_SET) for m, rs in by_model.items() if len(rs) > 1}
     if not compared:
         return lines
-    lines += ["", "## Stream sets compared (same fusion model, same folds)", "",
-              "CCC mean ± std over folds; the difference to the first set is taken fold by fold (the same "
-              "validation trials) and given as mean ± std over folds. One seed: a difference within the "
-              "folds' spread is not a finding.", "",
-              "| fusion model | stream set | target | CCC | minus the first set | folds |", "|---|---|---|---|---|---|"]
+    lines += ["", "## Stream sets compared (same fusion model, same folds and seeds)", "",
+              "CCC mean ± std over folds and seeds; the difference to the first set is taken per fold and seed (the "
+              "same validation trials and seed) and given as mean ± std; its interval and p-value are in the paired "
+              "comparisons above.", "",
+              "| fusion model | stream set | target | CCC | minus the first set | trainings |", "|---|---|---|---|---|---|"]
     for model, rs in compared.items():
-        base = {r["fold"]: r for r in rows if r["model"] == rs[0]}
+        base = {(r.get("seed", 0), r["fold"]): r for r in rows if r["model"] == rs[0]}
         for run in rs:
-            mine = {r["fold"]: r for r in rows if r["model"] == run}
-            for c in COLUMNS[2:]:
+            mine = {(r.get("seed", 0), r["fold"]): r for r in rows if r["model"] == run}
+            for c in COLUMNS[3:]:
                 cell = _fmt(*stats([r[c] for r in mine.values()]))
                 if run == rs[0]:
                     diff = "-"
                 else:
-                    paired = [mine[f][c] - base[f][c] for f in sorted(set(mine) & set(base))]
+                    paired = [mine[k][c] - base[k][c] for k in sorted(set(mine) & set(base))]
                     diff = _fmt(*stats(paired), signed=True)
                 lines.append(f"| {model} | {split_run(run)[1]} | {c.removeprefix('ccc_')} | {cell} | {diff} | "
                              f"{len(mine)} |")
@@ -143,7 +141,7 @@ def missing_audio_markdown(rows: list[dict]) -> list[str]:
         for scope, scope_name in MISSING_SCOPES:
             shares = missing_audio_curve(rows, models[0], pattern, scope, "valence")[0]
             lines += ["", f"## Missing audio ({pattern} frames dropped, given {fill}), {scope_name}: "
-                          "CCC valence / arousal, mean over folds", "",
+                          "CCC valence / arousal, mean over folds and seeds", "",
                       "| model | " + " | ".join(f"{s * 100:.0f} %" for s in shares) + " |",
                       "|---|" + "---|" * len(shares)]
             for m in models:
@@ -203,18 +201,23 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
                           True))
         else:
             items.append((f"weights.{network}", f"{path}, sha256 {sha256sum(path)}", False))
-    for device, why in sorted({(r.get("device", "?"), r.get("cuda_status") or "") for r in rows}):
+    for device, why in sorted({(r.get("device", "?"), r.get("cuda_status") or "") for r in rows
+                               if "ensemble" not in r}):  # an ensemble trains nothing
         items.append(("training device", f"{device}: {why}" if why else device, why.startswith("an NVIDIA driver")))
     items += settings_summary(config)
     versions = [f"Python {platform.python_version()}"] + [f"{p} {_version(p)}" for p in PACKAGES]
     items.append(("versions", ", ".join(versions), False))
     items.append(("data", ", ".join(f"{n} {k}" for k, n in counts.items()), False))
-    frames = {t: sum(r.get("n_valid_frames", {}).get(t, 0) for r in rows if r["model"] == rows[0]["model"])
+    first = (rows[0]["model"], rows[0].get("seed", 0)) if rows else None
+    frames = {t: sum(r.get("n_valid_frames", {}).get(t, 0) for r in rows if (r["model"], r.get("seed", 0)) == first)
               for t in TARGETS} if rows else {}
     items.append(("validated frames, all folds", ", ".join(f"{t} {n}" for t, n in frames.items()), False))
     models = sorted({r["model"] for r in rows})
-    items.append(("runs", f"{len(models)} models ({', '.join(models)}) x {len({r['fold'] for r in rows})} folds "
-                          f"= {len(rows)} trainings", False))
+    trained = [r for r in rows if "ensemble" not in r]
+    items.append(("runs", f"{len(models)} models x {len({r['fold'] for r in rows})} folds x "
+                          f"{len({r.get('seed', 0) for r in rows})} seed(s): {len(trained)} trainings"
+                          + (f", {len(rows) - len(trained)} ensemble folds" if len(rows) > len(trained) else ""),
+                  False))
     return items
 
 
@@ -263,11 +266,18 @@ def settings_summary(config: dict) -> list[tuple[str, str, bool]]:
             ("settings", f"{learning['n_folds']} folds (fold_seed {learning['fold_seed']}), up to "
                          f"{train['max_epochs']} epochs (patience {train['patience']}), windows of {train['window']} "
                          f"frames every {train['hop']}, batch {train['batch_size']}, {train['optimizer']} lr "
-                         f"{train['lr']}, seed {train['seed']}, training precision {train['precision']}; device "
+                         f"{train['lr']}, seeds {', '.join(map(str, learning.get('seeds', [0])))}, selection "
+                         f"{_selection_name(train)}, training precision {train['precision']}; device "
                          f"features {config['features']['device']}, learning {learning['device']}", False),
             ("missing audio", f"{', '.join(train['missing_audio']['patterns'])} frames dropped, given "
                               f"{FILL_NAMES[train['missing_audio']['fill']]} (fill: {train['missing_audio']['fill']})",
              False)]
+
+
+def _selection_name(train: dict) -> str:
+    if train.get("selection", "validation") == "inner":
+        return f"inner ({train['inner_share']:.0%})"
+    return "validation (optimistic)"
 
 
 def _version(package: str) -> str:
@@ -314,17 +324,38 @@ def figure_title(path: str | Path) -> str:
     return f"{path.parent.name}: {MODEL_FIGURES.get(path.stem, path.stem)}"
 
 
+def comparison(rows: list[dict], prediction_files: list[str | Path], videos: dict[str, str],
+               compare: dict | None = None) -> Bootstrap:
+    """The paired bootstrap over every model's validation predictions (``prediction_files``
+    parallel to ``rows``' metrics files)."""
+    compare = compare or {}
+    files: dict[str, list[tuple[int, Path]]] = {}
+    for r, path in zip(rows, prediction_files, strict=True):
+        files.setdefault(r["model"], []).append((r.get("seed", 0), Path(path)))
+    return Bootstrap({m: load_predictions(f) for m, f in files.items()}, videos,
+                     n_resamples=compare.get("resamples", 10000), confidence=compare.get("confidence", 0.95),
+                     seed=compare.get("seed", 0))
+
+
 def write_reports(metrics_files: list[str | Path], out: dict[str, str | Path], *,
+                  predictions: list[str | Path] = (), videos: dict[str, str] | None = None,
+                  variants: dict[str, dict] | None = None, compare: dict | None = None,
                   figures: list[str | Path] = (), missing_audio_figures: list[str | Path] = (),
                   weights: dict[str, str | None] | None = None, config: dict | None = None,
                   counts: dict[str, int] | None = None) -> None:
     """``out``: paths for "ccc" (CSV), "summary" (Markdown), "ccc_per_fold" (PNG), "html",
     "provenance" (rst) and "config" (the effective configuration, YAML). ``figures``: the
     per-model figure files, embedded in the HTML after the summary;
-    ``missing_audio_figures``: one per pattern."""
-    rows = load_metrics(metrics_files)
+    ``missing_audio_figures``: one per pattern. ``predictions``: each metrics file's
+    val_predictions.h5 (same order), ``videos``: trial -> video; with both, the report has
+    the bootstrap intervals and paired tests (``vafusion.learning.comparisons``)."""
+    read = [read_metrics(p) for p in metrics_files]
+    boot = None
+    if predictions:
+        boot = comparison(read, predictions, videos or {}, compare)
+    rows = sorted(read, key=lambda r: (r["model"], r.get("seed", 0), r["fold"]))
     write_ccc_csv(rows, out["ccc"])
-    markdown = summary_markdown(rows)
+    markdown = summary_markdown(rows, boot, variants)
     Path(out["summary"]).write_text(markdown)
     plot_ccc_per_fold(rows, out["ccc_per_fold"])
     items = provenance(weights or {}, config or {}, counts or {}, rows)

@@ -35,11 +35,17 @@ class Run:
     def fold(self) -> int:
         return self.metrics["fold"]
 
+    @property
+    def seed(self) -> int:
+        return self.metrics.get("seed", 0)
+
 
 def read_metrics(path: str | Path) -> dict:
     """A run's metrics.json; a run without a selected epoch (an untrained model) is refused,
     so it can never be averaged into a report."""
     metrics = json.loads(Path(path).read_text())
+    if "ensemble" in metrics:  # a mean of trained runs, each of them checked here
+        return metrics
     if metrics.get("best_epoch", -1) < 1:
         raise ValueError(f"{path}: best_epoch {metrics.get('best_epoch')}: this model was never selected at any "
                          "epoch (an untrained model); retrain it (delete the file) instead of reporting it")
@@ -48,7 +54,7 @@ def read_metrics(path: str | Path) -> dict:
 
 def load_metrics(paths: list[str | Path]) -> list[dict]:
     rows = [read_metrics(p) for p in paths]
-    return sorted(rows, key=lambda r: (r["model"], r["fold"]))
+    return sorted(rows, key=lambda r: (r["model"], r.get("seed", 0), r["fold"]))
 
 
 def unscored(rows: list[dict]) -> list[str]:
@@ -66,7 +72,7 @@ def load_runs(metrics_files: list[str | Path], history_files: list[str | Path],
     for metrics, history, predictions in zip(metrics_files, history_files, prediction_files, strict=True):
         with open(history, newline="") as fh:
             runs.append(Run(read_metrics(metrics), list(csv.DictReader(fh)), Path(predictions)))
-    return sorted(runs, key=lambda r: (r.model, r.fold))
+    return sorted(runs, key=lambda r: (r.model, r.seed, r.fold))
 
 
 def stats(values: list[float]) -> tuple[float, float]:
@@ -115,7 +121,7 @@ def per_trial_ccc(runs: list[Run]) -> list[dict]:
         with h5py.File(run.predictions) as h5:
             for trial in sorted(h5):
                 pred, label, valid = h5[trial]["prediction"][:], h5[trial]["label"][:], h5[trial]["valid"][:]
-                row = {"model": run.model, "fold": run.fold, "trial": trial}
+                row = {"model": run.model, "seed": run.seed, "fold": run.fold, "trial": trial}
                 for j, target in enumerate(TARGETS):
                     row[f"frames_{target}"] = int(valid[:, j].sum())
                     row[f"ccc_{target}"] = ccc(pred[valid[:, j], j], label[valid[:, j], j]) if valid[:, j].any() \
@@ -125,7 +131,7 @@ def per_trial_ccc(runs: list[Run]) -> list[dict]:
 
 
 def write_per_trial_csv(rows: list[dict], path: str | Path) -> None:
-    columns = ["model", "fold", "trial"] + [f"frames_{t}" for t in TARGETS] + [f"ccc_{t}" for t in TARGETS]
+    columns = ["model", "seed", "fold", "trial"] + [f"frames_{t}" for t in TARGETS] + [f"ccc_{t}" for t in TARGETS]
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)

@@ -44,12 +44,22 @@ def flat(streams: dict[str, list[str]]) -> list[str]:
     return list(streams["visual"]) + list(streams["audio"])
 
 
+def trained_sets(learning: dict) -> list[tuple[str, str, str]]:
+    """(run, fusion model, stream set) of every run trained: ``learning.models`` and
+    ``learning.experiments`` (each with its own ``model`` and ``stream_set``)."""
+    runs = [(run, *split_run(run)) for run in learning["models"]]
+    for name, spec in (learning.get("experiments") or {}).items():
+        runs.append((name, spec["model"], spec.get("stream_set") or DEFAULT_SET))
+    return runs
+
+
 def used_streams(config: dict) -> list[str]:
     """The streams some configured run fuses, in a stable order: the only ones extracted."""
     learning = config["learning"]
+    sets = stream_sets(learning)
     out: list[str] = []
-    for run in learning["models"]:
-        for name in flat(run_streams(run, learning)):
+    for _, _, stream_set in trained_sets(learning):
+        for name in flat(sets.get(stream_set, {"audio": [], "visual": []})):
             if name not in out:
                 out.append(name)
     return out
@@ -102,10 +112,9 @@ def stream_problems(config: dict) -> list[str]:
             problems.append(f"weights.{spec.weights[0]}: the stream '{name}' needs a checkpoint (a randomly "
                             f"initialised {name} is meaningless): give its path, or remove '{name}' from "
                             "learning.streams / learning.stream_sets")
-    for run in learning["models"]:
-        model, _ = split_run(run)
+    for run, model, stream_set in trained_sets(learning):
         if model == "tcn_transformer":
-            for name in flat(run_streams(run, learning)):
+            for name in flat(sets[stream_set]):
                 if name not in widths and "default" not in widths:
                     problems.append(f"learning.tcn_transformer.tcn_channels: no widths for the stream '{name}' "
                                     f"(used by '{run}') and no 'default' entry")
