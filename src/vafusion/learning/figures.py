@@ -95,11 +95,16 @@ def plot_training_curves(runs: list[Run], path: str | Path) -> None:
         epochs = [int(r["epoch"]) for r in run.history]
         axes[0].plot(epochs, [float(r["train_loss"]) for r in run.history], color=color, label=f"fold {run.fold}")
         axes[1].plot(epochs, [float(r["val_ccc_mean"]) for r in run.history], color=color)
+        inner = run.history and "inner_ccc_mean" in run.history[0]
+        if inner:  # the curve that picked the epoch
+            axes[1].plot(epochs, [float(r["inner_ccc_mean"]) for r in run.history], "--", color=color, linewidth=0.8)
         best = run.metrics.get("best_epoch")
         if best:
             axes[1].plot([best], [float(run.history[best - 1]["val_ccc_mean"])], "o", color=color)
     axes[0].set_title(f"{runs[0].model}: training loss (2 - CCC_v - CCC_a)")
-    axes[1].set_title("validation mean CCC (dot: the epoch kept)")
+    inner = any(r.history and "inner_ccc_mean" in r.history[0] for r in runs)
+    axes[1].set_title("validation mean CCC" + (" (dashed: the inner split's, which picks the epoch)" if inner else "")
+                      + "; dot: the epoch kept", fontsize=9)
     for ax in axes:
         ax.set_xlabel("epoch")
     axes[0].legend(fontsize=7)
