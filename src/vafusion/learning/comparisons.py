@@ -103,8 +103,12 @@ def pairs_markdown(boot: Bootstrap, models: list[str]) -> list[str]:
             lines.append(f"| {a} | {b} | {t} | {interval(d, True)} | {p_text(d.p_value)} | "
                          f"{p_text(adjusted[(a, b, t)])} | {'yes' if d.resolved else 'no'} |")
     resolved = [f"{a} vs {b} ({t})" for (a, b, t), d in diffs.items() if d.resolved]
-    lines += ["", ("Resolved: " + ", ".join(resolved) + ".") if resolved else
-              "No difference is resolved: every interval includes 0; these models are not told apart by this data."]
+    holm_kept = [f"{a} vs {b} ({t})" for (a, b, t), p in adjusted.items() if p < 1 - boot.confidence]
+    lines += ["", (f"Resolved ({len(resolved)} of {len(keys)}): " + ", ".join(resolved) + ".") if resolved else
+              "No difference is resolved: every interval includes 0; these models are not told apart by this data.",
+              "", (f"Still below {1 - boot.confidence:.2g} after Holm's adjustment ({len(holm_kept)}): "
+                   + ", ".join(holm_kept) + ".") if holm_kept else
+              f"None stays below {1 - boot.confidence:.2g} after Holm's adjustment for the {len(keys)} comparisons."]
     return lines
 
 
