@@ -21,6 +21,7 @@ import numpy as np
 from vafusion.annotations import TARGETS
 from vafusion.io import atomic_output
 from vafusion.learning.data import TrialData
+from vafusion.learning.results import write_trial_predictions
 from vafusion.learning.train import fold_ccc
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,7 @@ def ensemble_fold(name: str, members: Mapping[str, Path], member_metrics: Mappin
     out_dir = Path(out_dir)
     with atomic_output(out_dir / "val_predictions.h5") as tmp, h5py.File(tmp, "w") as h5:
         for trial in trials:
-            group = h5.create_group(trial.name)
-            group["prediction"] = predictions[trial.name]
-            group["label"] = trial.labels
-            group["valid"] = trial.valid
+            write_trial_predictions(h5, trial.name, predictions[trial.name], trial.labels, trial.valid)
     with atomic_output(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
     log.info("%s seed %d fold %d: CCC valence %.3f, arousal %.3f over %d trials", name, seed, fold,

@@ -40,6 +40,15 @@ class Run:
         return self.metrics.get("seed", 0)
 
 
+def write_trial_predictions(h5: h5py.File, trial: str, prediction: np.ndarray, label: np.ndarray,
+                            valid: np.ndarray) -> h5py.Group:
+    """One validation trial's group of val_predictions.h5 (a run's or an ensemble's):
+    ``prediction``, ``label`` (T, 2) and ``valid`` (T, 2), columns valence, arousal."""
+    group = h5.create_group(trial)
+    group["prediction"], group["label"], group["valid"] = prediction, label, valid
+    return group
+
+
 def read_metrics(path: str | Path) -> dict:
     """A run's metrics.json; a run without a selected epoch (an untrained model) is refused,
     so it can never be averaged into a report."""

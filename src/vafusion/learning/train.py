@@ -46,6 +46,7 @@ from vafusion.learning.ccc import ccc, ccc_loss
 from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, load_trial, make_batch, open_trial,
                                     stream_dims, window_starts)
 from vafusion.learning.provenance import RECORD_KEY
+from vafusion.learning.results import write_trial_predictions
 from vafusion.features.registry import by_modality
 from vafusion.learning.streams import split_run
 from vafusion.models import build_fusion_model
@@ -566,10 +567,7 @@ def write_outputs(out_dir: Path, model, model_name, hparams, dims, streams, norm
         writer.writerows(history)
     with atomic_output(out_dir / "val_predictions.h5") as tmp, h5py.File(tmp, "w") as h5:
         for trial in val:
-            group = h5.create_group(trial.name)
-            group["prediction"] = predictions[trial.name]
-            group["label"] = trial.labels
-            group["valid"] = trial.valid
+            group = write_trial_predictions(h5, trial.name, predictions[trial.name], trial.labels, trial.valid)
             if trial.name in gates:
                 group["gates"] = gates[trial.name]
                 group["gates"].attrs["columns"] = list(GATE_COLUMNS)
