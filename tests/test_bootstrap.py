@@ -431,3 +431,20 @@ def test_load_predictions(tmp_path):
 def test_estimate_defaults():
     e = Estimate(0.5, 0.4, 0.6)
     assert math.isnan(e.p_value) and not e.resolved
+
+
+def test_resolved_and_the_p_value_never_disagree():
+    """The p-value is the percentile interval inverted: p < 1 - confidence exactly when the
+    interval excludes 0, over differences from clearly resolved to clearly not."""
+    rng = np.random.default_rng(21)
+    seen = set()
+    for r in range(40):
+        process = NULL if r % 2 else SHARED
+        runs, videos = as_runs(simulate(process, rng, n_videos=12))
+        boot = Bootstrap(runs, videos, n_resamples=999, seed=r)
+        a, b = process.models
+        for target in ("valence", "arousal", "mean"):
+            d = boot.difference(a, b, target)
+            assert d.resolved == (d.p_value < 0.05), (d, target)
+            seen.add(d.resolved)
+    assert seen == {True, False}  # both kinds occurred
