@@ -53,7 +53,8 @@ def selection_line(rows: list[dict]) -> str:
     modes = selection_modes(rows)
     if len(modes) == 1:
         return f"Epoch selection: {SELECTION_TEXT[modes[0]]}."
-    per = {m: sorted({r["model"] for r in rows if (r.get("selection") or "validation") == m}) for m in modes}
+    per = {m: sorted({r["model"] for r in rows if "ensemble" not in r and (r.get("selection") or "validation") == m})
+           for m in modes}
     return "Epoch selection differs between models: " + "; ".join(f"{m}: {', '.join(rs)}" for m, rs in per.items())
 
 
