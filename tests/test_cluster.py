@@ -111,7 +111,7 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     dataset = make_subset(demo_dataset, tmp_path / "subset")
     # one model, two folds, two epochs: the same config for both runs
     config = yaml.safe_load(write_config(tmp_path, dataset).read_text())
-    config["learning"].update(models=["ca"], ensembles={}, n_folds=2)
+    config["learning"].update(models=["ca"], n_folds=2)
     config["learning"]["train"]["max_epochs"] = 2
     config["learning"]["train"]["missing_audio"] = {"shares": [0.0, 0.4], "patterns": ["contiguous"], "fill": "zeros"}
     runs = {}

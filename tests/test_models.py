@@ -323,6 +323,8 @@ def test_presets_validate_and_build_their_models(preset):
     import jsonschema
     from snakemake.utils import update_config
 
+    from vafusion.learning.experiments import experiment_problems
+
     repo = Path(__file__).parents[1]
     config = yaml.safe_load((repo / "config.yaml").read_text())
     update_config(config, yaml.safe_load(preset.read_text()))
@@ -332,7 +334,9 @@ def test_presets_validate_and_build_their_models(preset):
     assert value_lines and [line for line in value_lines if "# [" not in line] == []
     learning = config["learning"]
     assert settings_problems(learning) == []
-    for name in learning["models"]:
+    assert experiment_problems(config) == []  # its experiments and ensembles name real runs
+    for run in learning["models"]:
+        name = run.partition("@")[0]  # <model>@<stream set>
         build_fusion_model(name, DIMS, learning[config_section(name)], window=learning["train"]["window"])
 
 

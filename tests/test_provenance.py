@@ -218,7 +218,7 @@ def test_predict_stops_at_planning_when_features_differ_from_the_models(features
     config = repo_config()
     config["data"] = {"videos": str(videos), "annotations": None, "cropped_aligned": None, "test_trials": None}
     config["output"] = str(tmp_path / "predicted")
-    config["learning"].update(models=["tcn_transformer"], ensembles={}, trained_run=str(trained))
+    config["learning"].update(models=["tcn_transformer"], trained_run=str(trained))
 
     def plan(config):
         (tmp_path / "predict.yaml").write_text(yaml.safe_dump(config))
