@@ -111,8 +111,10 @@ def test_demo_runs_on_slurm_and_matches_a_local_run(cluster, demo_dataset, tmp_p
     dataset = make_subset(demo_dataset, tmp_path / "subset")
     # one model, two folds, two epochs: the same config for both runs
     config = yaml.safe_load(write_config(tmp_path, dataset).read_text())
-    config["learning"].update(models=["ca"], n_folds=2)
+    config["learning"].update(models=["ca"], n_folds=2, experiments={}, ensembles={})
     config["learning"]["train"]["max_epochs"] = 2
+    # the subset's fold 1 trains on a single video: none can be held out for an inner split
+    config["learning"]["train"]["selection"] = "validation"
     config["learning"]["train"]["missing_audio"] = {"shares": [0.0, 0.4], "patterns": ["contiguous"], "fill": "zeros"}
     runs = {}
     for name in ("local", "slurm"):
