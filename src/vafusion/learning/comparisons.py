@@ -26,17 +26,19 @@ SELECTION_TEXT = {
 }
 
 
-def _num(x: float, signed: bool = False) -> str:
-    if math.isnan(x):
+def fmt(mean: float, std: float | None = None, signed: bool = False) -> str:
+    """'0.512', '+0.012' (signed) or '0.512 ± 0.034' (with a std); NaN stays NaN."""
+    if math.isnan(mean):
         return "NaN"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return text if std is None else f"{text} ± {std:.3f}"
 
 
 def interval(e: Estimate, signed: bool = False) -> str:
     """'0.512 [0.430, 0.581]'."""
     if math.isnan(e.estimate):
         return "NaN"
-    return f"{_num(e.estimate, signed)} [{_num(e.low, signed)}, {_num(e.high, signed)}]"
+    return f"{fmt(e.estimate, signed=signed)} [{fmt(e.low, signed=signed)}, {fmt(e.high, signed=signed)}]"
 
 
 def p_text(p: float) -> str:
@@ -141,8 +143,8 @@ def iaca_markdown(rows: list[dict], boot: Bootstrap | None) -> list[str]:
                 d = boot.difference(gated, base, t)
                 diff, p, res = interval(d, True), p_text(d.p_value), "yes" if d.resolved else "no"
             else:
-                diff, p, res = _num(b[0] - a[0], True), "-", "-"
-            lines.append(f"| {base} | {t} | {_num(a[0])} ± {_num(a[1])} | {_num(b[0])} ± {_num(b[1])} | {diff} | "
+                diff, p, res = fmt(b[0] - a[0], signed=True), "-", "-"
+            lines.append(f"| {base} | {t} | {fmt(*a)} | {fmt(*b)} | {diff} | "
                          f"{p} | {res} | {relative_change(a[0], b[0])} |")
     return lines
 
@@ -229,9 +231,9 @@ def optimism_markdown(rows: list[dict]) -> list[str]:
         same = sum(o["peeked_epoch"] == r["best_epoch"] for o, r in
                    zip(mine, [r for r in measured if r["model"] == m]))
         lines.append(f"| {m} | {len(mine)} | " + " | ".join(
-            f"{_num(s[0], True)} ± {_num(s[1])}" for s in (stats([o[f'ccc_{t}'] for o in mine]) for t in TARGETS))
+            fmt(*s, signed=True) for s in (stats([o[f'ccc_{t}'] for o in mine]) for t in TARGETS))
             + f" | {same} of {len(mine)} |")
     lines.append(f"| all | {len(everyone)} | " + " | ".join(
-        f"{_num(s[0], True)} ± {_num(s[1])}" for s in (stats([o[f'ccc_{t}'] for o in everyone]) for t in TARGETS))
+        fmt(*s, signed=True) for s in (stats([o[f'ccc_{t}'] for o in everyone]) for t in TARGETS))
         + " | |")
     return lines

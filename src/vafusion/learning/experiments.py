@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from vafusion.learning.streams import DEFAULT_SET, split_run, stream_sets
+from vafusion.learning.streams import DEFAULT_SET, stream_sets, trained_sets
 from vafusion.models import FUSION_MODELS, config_section, settings_problems
 
 # the learning sections an experiment may change: what one training does. Folds, seeds and
@@ -78,12 +78,14 @@ def preset_learning(path: str | Path) -> dict:
 def resolve_runs(config: dict) -> dict[str, Run]:
     """Every run by name: ``learning.models`` then ``learning.experiments``."""
     learning = config["learning"]
+    experiments = learning.get("experiments") or {}
     runs = {}
-    for name in learning["models"]:
-        model, stream_set = split_run(name)
-        runs[name] = Run(name, model, stream_set, learning, "" if stream_set == DEFAULT_SET else
-                         f"stream set {stream_set}")
-    for name, spec in (learning.get("experiments") or {}).items():
+    for name, model, stream_set in trained_sets(learning):
+        if name not in experiments:  # a listed model: the configuration's settings
+            runs[name] = Run(name, model, stream_set, learning, "" if stream_set == DEFAULT_SET else
+                             f"stream set {stream_set}")
+            continue
+        spec = experiments[name]
         changes: dict = {}
         described = []
         if spec.get("preset"):
@@ -92,10 +94,9 @@ def resolve_runs(config: dict) -> dict[str, Run]:
         overrides = spec.get("overrides") or {}
         changes = merge(changes, overrides)
         described += _flatten(overrides)
-        stream_set = spec.get("stream_set") or DEFAULT_SET
         if stream_set != DEFAULT_SET:
             described.insert(0, f"stream set {stream_set}")
-        runs[name] = Run(name, spec["model"], stream_set, merge(learning, changes), ", ".join(described) or "-")
+        runs[name] = Run(name, model, stream_set, merge(learning, changes), ", ".join(described) or "-")
     return runs
 
 

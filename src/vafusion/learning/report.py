@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from vafusion.learning.bootstrap import Bootstrap, load_predictions
-from vafusion.learning.comparisons import (experiments_markdown, ensembles_markdown, iaca_markdown, models_markdown,
+from vafusion.learning.comparisons import (experiments_markdown, ensembles_markdown, fmt, iaca_markdown, models_markdown,
                                            optimism_markdown, pairs_markdown, seed_spread, selection_line)
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
 from vafusion.learning.results import (FILL_NAMES, MISSING_SCOPES, TARGETS, missing_audio_curve, missing_audio_fill,
@@ -28,13 +28,6 @@ from vafusion.weights import RANDOM_INIT, sha256sum
 
 COLUMNS = ("model", "seed", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
 PACKAGES = ("vafusion", "torch", "torchaudio", "torchvision", "numpy", "h5py", "snakemake")
-
-
-def _fmt(mean: float, std: float | None = None, signed: bool = False) -> str:
-    if math.isnan(mean):
-        return "NaN"
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return text if std is None else f"{text} ± {std:.3f}"
 
 
 def write_ccc_csv(rows: list[dict], path: str | Path) -> None:
@@ -66,8 +59,8 @@ def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: 
         best_txt = f"{best['fold']} ({best['ccc_mean']:.3f})" if best else "-"
         spread = seed_spread(rows, m)
         speed = stats([r.get("windows_per_s", math.nan) for r in mine])[0]
-        lines.append(f"| {m} | {len(mine)} | {_fmt(*scores['ccc_valence'])} | {_fmt(*scores['ccc_arousal'])} | "
-                     f"{_fmt(*scores['ccc_mean'])} | {'-' if math.isnan(spread) else f'{spread:.3f}'} | {best_txt} | "
+        lines.append(f"| {m} | {len(mine)} | {fmt(*scores['ccc_valence'])} | {fmt(*scores['ccc_arousal'])} | "
+                     f"{fmt(*scores['ccc_mean'])} | {'-' if math.isnan(spread) else f'{spread:.3f}'} | {best_txt} | "
                      f"{'-' if math.isnan(speed) else f'{speed:.1f}'} |")
     missing = unscored(rows)
     if missing:
@@ -121,12 +114,12 @@ def stream_set_markdown(rows: list[dict], variants: dict[str, dict] | None = Non
         for run in rs:
             mine = {(r.get("seed", 0), r["fold"]): r for r in rows if r["model"] == run}
             for c in COLUMNS[3:]:
-                cell = _fmt(*stats([r[c] for r in mine.values()]))
+                cell = fmt(*stats([r[c] for r in mine.values()]))
                 if run == rs[0]:
                     diff = "-"
                 else:
                     paired = [mine[k][c] - base[k][c] for k in sorted(set(mine) & set(base))]
-                    diff = _fmt(*stats(paired), signed=True)
+                    diff = fmt(*stats(paired), signed=True)
                 lines.append(f"| {model} | {split_run(run)[1]} | {c.removeprefix('ccc_')} | {cell} | {diff} | "
                              f"{len(mine)} |")
     return lines
@@ -146,7 +139,7 @@ def missing_audio_markdown(rows: list[dict]) -> list[str]:
                       "|---|" + "---|" * len(shares)]
             for m in models:
                 curves = [missing_audio_curve(rows, m, pattern, scope, t)[1] for t in TARGETS]
-                cells = [f"{_fmt(v)} / {_fmt(a)}" for v, a in zip(*curves)]
+                cells = [f"{fmt(v)} / {fmt(a)}" for v, a in zip(*curves)]
                 lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
 
