@@ -36,8 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from vafusion.features.ssl import (  # noqa: E402
-    SslCheckpoint, SslEmbedder, SslParams, compute_ssl_features, random_architecture)
+from vafusion.features.ssl import SslEmbedder, SslParams, compute_ssl_features  # noqa: E402
+from vafusion.features.ssl_checkpoints import SslCheckpoint, random_architecture  # noqa: E402
 
 SR = 16000
 FPS = 25.0
