@@ -142,27 +142,79 @@ def test_blstm_runs_over_the_real_frames_only():
 
 def test_iaca_gate_is_eq_5_to_9():
     torch.manual_seed(5)
-    d, L, T = 6, 5, 0.3
-    gate = IacaGate(d, T)
-    Xa, Xv, Xatt_a, Xatt_v = (torch.randn(1, L, d) for _ in range(4))
+    d, L, T, T_av = 6, 5, 0.3, 0.7
+    gate = IacaGate(d, T, T_av)
+    assert all((w == 0).all() for w in (gate.W_gl_a, gate.W_gl_v, gate.W_gl_av))  # gates start uniform
+    with torch.no_grad():  # random gate weights, so that the check below sees every term
+        for w in (gate.W_gl_a, gate.W_gl_v, gate.W_gl_av):
+            w.normal_()
+    Xa, Xv, Xatt_a, Xatt_v = (3 * torch.randn(1, L, d) for _ in range(4))
     fused, gates = gate(Xa, Xv, Xatt_a, Xatt_v)
     W_gl_a, W_gl_v, W_gl_av = gate.W_gl_a.detach(), gate.W_gl_v.detach(), gate.W_gl_av.detach()
     Wj, bj = gate.joint.weight.detach(), gate.joint.bias.detach()
+
+    def unit(x):  # X^: the column over its Euclidean length
+        return x / torch.sqrt((x * x).sum())
+
     for l in range(L):  # one frame (column) at a time
         xa, xv, xatt_a, xatt_v = Xa[0, l], Xv[0, l], Xatt_a[0, l], Xatt_v[0, l]
-        W_go_a = xatt_a @ W_gl_a  # Eq. 5: X_att,a^T W_gl,a (2 units, no bias)
-        W_go_v = xatt_v @ W_gl_v
+        W_go_a = unit(xatt_a) @ W_gl_a  # Eq. 5 on the unit-norm column (2 units, no bias)
+        W_go_v = unit(xatt_v) @ W_gl_v
         G_a = torch.exp(W_go_a / T) / torch.exp(W_go_a / T).sum()  # Eq. 6
         G_v = torch.exp(W_go_v / T) / torch.exp(W_go_v / T).sum()
-        x_gv = torch.relu(xv * G_v[0] + xatt_v * G_v[1])  # Eq. 7
+        x_gv = torch.relu(xv * G_v[0] + xatt_v * G_v[1])  # Eq. 7: the features themselves, not normalised
         x_ga = torch.relu(xa * G_a[0] + xatt_a * G_a[1])  # Eq. 8
         x_gav = Wj @ torch.cat([x_ga, x_gv]) + bj  # joint representation: concatenation + FC
-        W_go_av = torch.cat([x_ga, x_gv, x_gav]) @ W_gl_av
-        G_av = torch.exp(W_go_av / T) / torch.exp(W_go_av / T).sum()
+        W_go_av = torch.cat([unit(x_ga), unit(x_gv), unit(x_gav)]) @ W_gl_av
+        G_av = torch.exp(W_go_av / T_av) / torch.exp(W_go_av / T_av).sum()  # stage 2: its own temperature
         x_g = torch.relu(x_ga * G_av[0] + x_gv * G_av[1] + x_gav * G_av[2])  # Eq. 9
         torch.testing.assert_close(fused[0, l], x_g, rtol=0, atol=1e-10)
         torch.testing.assert_close(gates["audio"][0, l], G_a, rtol=0, atol=1e-12)
+        torch.testing.assert_close(gates["visual"][0, l], G_v, rtol=0, atol=1e-12)
         torch.testing.assert_close(gates["fusion"][0, l], G_av, rtol=0, atol=1e-12)
+
+
+def configured_learning(preset: str | None) -> dict:
+    """config.yaml's learning section, or with a preset merged over it (as --configfile does)."""
+    from snakemake.utils import update_config
+
+    repo = Path(__file__).parents[1]
+    config = yaml.safe_load((repo / "config.yaml").read_text())
+    if preset is not None:
+        update_config(config, yaml.safe_load((repo / "presets" / preset).read_text()))
+    return config["learning"]
+
+
+def saturated_share(gates: torch.Tensor) -> float:
+    """Share of frames whose largest gate weight exceeds 0.99 (a one-hot choice)."""
+    return float((gates.max(dim=-1).values > 0.99).double().mean())
+
+
+@pytest.mark.parametrize("preset", [None, "praveen-alam2024-iaca.yaml"], ids=["config", "iaca-preset"])
+@pytest.mark.parametrize("name", ["ca_iaca", "jca_iaca", "rjca_iaca", "tca_iaca"])
+def test_iaca_gates_do_not_start_one_hot_at_the_configured_sizes(name, preset):
+    """At initialisation the gates choose nothing yet: fewer than 5 % of frames have a
+    weight above 0.99, with the configured (zero) gate weights and with Xavier-uniform ones
+    (nn.Linear's scale, what the authors' gate starts from), on standardised features (what
+    the normaliser feeds the model). Unnormalised gate inputs at T = 0.1 put 36-85 % of the
+    frames above 0.99 before any training."""
+    torch.manual_seed(8)
+    learning = configured_learning(preset)
+    window = min(learning["train"]["window"], 128)  # the share does not depend on the length
+    model = build_fusion_model(name, DIMS, learning["cross_attention"], window=window).eval()
+    streams = {k: torch.randn(4, window, d) for k, d in DIMS.items()}
+    for init in ("configured", "xavier"):
+        if init == "xavier":
+            with torch.no_grad():
+                for w in (model.gate.W_gl_a, model.gate.W_gl_v, model.gate.W_gl_av):
+                    torch.nn.init.xavier_uniform_(w)
+        with torch.no_grad():
+            _, gates = model(streams, return_gates=True)
+        for stage, g in gates.items():
+            assert saturated_share(g) < 0.05, (init, stage, saturated_share(g))
+        if init == "configured":  # uniform: 1/2 and 1/3
+            torch.testing.assert_close(gates["fusion"], torch.full_like(gates["fusion"], 1 / 3))
+            torch.testing.assert_close(gates["audio"], torch.full_like(gates["audio"], 1 / 2))
 
 
 @pytest.mark.parametrize("attention", ["ca", "jca", "rjca", "tca"])

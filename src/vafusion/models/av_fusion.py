@@ -32,7 +32,8 @@ class AvFusionConfig:
     rjca_lstm_layers: int  # layers of each of RJCA's BLSTMs
     rjca_fused_lstm: int  # width of RJCA's BLSTM over the fused representation
     tca_heads: int
-    iaca_temperature: float  # T of IACA's softmax gates
+    iaca_temperature: float  # T of IACA's stage-1 gates (per modality)
+    iaca_temperature_av: float  # T of IACA's stage-2 (A-V) gate
     clip_frames: int  # CA / TCA: frames of temporal context per feature (1: none)
     dropout: float
     head_hidden: int
@@ -70,7 +71,7 @@ class AudioVisualFusion(nn.Module):
         self.context_audio = ClipContext(cfg.dim, cfg.clip_frames) if context else None
         self.context_visual = ClipContext(cfg.dim, cfg.clip_frames) if context else None
         self.attention = build_attention(attention, cfg, window)
-        self.gate = IacaGate(cfg.dim, cfg.iaca_temperature) if iaca else None
+        self.gate = IacaGate(cfg.dim, cfg.iaca_temperature, cfg.iaca_temperature_av) if iaca else None
         fused_dim = cfg.dim if iaca else 2 * cfg.dim
         self.fused_lstm = BiLstm(fused_dim, cfg.rjca_fused_lstm, cfg.rjca_lstm_layers) if attention == "rjca" else None
         head_in = cfg.rjca_fused_lstm if attention == "rjca" else fused_dim
