@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from vafusion.learning.data import load_trial  # noqa: E402
-from vafusion.learning.train import TrainConfig, fold_ccc, train_fold  # noqa: E402
+from vafusion.learning.predict import fold_ccc  # noqa: E402
+from vafusion.learning.settings import TrainConfig  # noqa: E402
+from vafusion.learning.train import train_fold  # noqa: E402
 from vafusion.models import FUSION_MODELS, config_section  # noqa: E402
 
 

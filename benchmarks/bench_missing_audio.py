@@ -41,8 +41,9 @@ from vafusion.features.silence import FILLS, read_fill  # noqa: E402
 from vafusion.features.vggish import VggishParams, extract_vggish  # noqa: E402
 from vafusion.learning.align import fit_length  # noqa: E402
 from vafusion.learning.data import TrialData, open_trial  # noqa: E402
-from vafusion.learning.train import (MissingAudio, evaluate, load_model, missing_audio_scores,  # noqa: E402
-                                     missing_frames)
+from vafusion.learning.missing_audio import missing_audio_scores, missing_frames  # noqa: E402
+from vafusion.learning.predict import evaluate, load_model  # noqa: E402
+from vafusion.learning.settings import MissingAudio  # noqa: E402
 
 AUDIO_STREAMS = ("vggish", "mfcc")  # the default stream set's, recomputed here from the waveform
 

@@ -63,7 +63,8 @@ CHILD = """
 import json, sys
 sys.path.insert(0, {src!r})
 import numpy as np
-from vafusion.learning.train import TrainConfig, train_fold
+from vafusion.learning.settings import TrainConfig
+from vafusion.learning.train import train_fold
 job = json.load(open({job!r}))
 silence = {{k: np.zeros(d, np.float32) for k, d in job["dims"].items()}}
 metrics = train_fold(job["model"], job["hparams"], job["fold"], job["aligned"], job["out"],

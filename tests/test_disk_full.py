@@ -102,7 +102,8 @@ def tiny_dataset(folder: Path, n_trials: int = 4, length: int = 60) -> tuple[dic
 
 
 def test_training_on_a_full_disk_says_no_space_left_naming_output_mount_and_free_space(tmp_path, small_fs):
-    from vafusion.learning.train import TrainConfig, train_fold
+    from vafusion.learning.settings import TrainConfig
+    from vafusion.learning.train import train_fold
 
     paths, fold = tiny_dataset(tmp_path)
     disk = small_fs(1 * MiB)  # the "ca" model alone is ~1.7 MB; its checkpoint with the optimiser ~4x

@@ -16,7 +16,10 @@ import yaml
 from vafusion.learning.align import align_trial, fit_length
 from vafusion.learning.ccc import ccc, ccc_loss, ccc_torch
 from vafusion.learning.data import TrialData, load_trial, make_batch, window_starts
-from vafusion.learning.train import TrainConfig, drop_audio, fold_ccc, missing_frames, train_fold
+from vafusion.learning.missing_audio import drop_audio, missing_frames
+from vafusion.learning.predict import fold_ccc, load_model, predict_trial
+from vafusion.learning.settings import TrainConfig
+from vafusion.learning.train import train_fold
 from vafusion.models import build_fusion_model
 from vafusion.models.iaca import IacaGate
 
@@ -138,18 +141,24 @@ def test_windows_end_flush_and_short_trials_are_padded():
 
 # --- models ------------------------------------------------------------------------------------
 
-def test_iaca_gates_sum_to_one():
+def test_iaca_gate_weights_read_the_direction_of_a_frame_not_its_size():
+    """The gates' logits come from unit-norm frames (T = 0.1 was chosen for unit-norm
+    features), so scaling the attended features by 0.1 or 30 leaves every gate weight as it
+    is, while the gated features themselves (Eq. 7-9) scale with them."""
+    torch.manual_seed(3)
     gate = IacaGate(16, temperature=0.1)
-    x = [torch.randn(2, 7, 16) for _ in range(4)]
-    fused, gates = gate(*x)
-    assert fused.shape == (2, 7, 16)
-    assert gates["audio"].shape == (2, 7, 2) and gates["fusion"].shape == (2, 7, 3)
-    for g in gates.values():
-        torch.testing.assert_close(g.sum(-1), torch.ones(g.shape[:-1]))
-        assert (g >= 0).all()
-    model = build_fusion_model("rjca_iaca", DIMS, LEARNING["cross_attention"], window=9)
-    _, gates = model({k: torch.randn(1, 9, d) for k, d in DIMS.items()}, return_gates=True)
-    torch.testing.assert_close(gates["fusion"].sum(-1), torch.ones(1, 9))
+    with torch.no_grad():
+        for w in (gate.W_gl_a, gate.W_gl_v, gate.W_gl_av):
+            w.normal_()
+        gate.joint.bias.zero_()  # the joint FC's bias is the one term that does not scale with the inputs
+    own_a, own_v, att_a, att_v = (torch.randn(2, 7, 16) for _ in range(4))
+    _, reference = gate(own_a, own_v, att_a, att_v)
+    assert 0.05 < float(reference["audio"][..., 0].std())  # the weights differ from frame to frame
+    for c in (0.1, 30.0):
+        fused, gates = gate(c * own_a, c * own_v, c * att_a, c * att_v)
+        for stage in ("audio", "visual", "fusion"):
+            torch.testing.assert_close(gates[stage], reference[stage], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fused, c * gate(own_a, own_v, att_a, att_v)[0], rtol=1e-4, atol=1e-5)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -194,8 +203,25 @@ def test_training_learns_is_deterministic_and_resumes(tmp_path):
     # the missing-audio test: share 0 is the intact model's CCC, silencing half the audio moves it
     missing = first["missing_audio"]["contiguous"]
     assert missing["all_trials"]["0"] == {k: first[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean")}
-    assert missing["all_trials"]["0.5"]["ccc_mean"] != first["ccc_mean"]
-    assert missing["longest_trial"]["0.5"]["ccc_mean"] != missing["longest_trial"]["0"]["ccc_mean"]
+    # share 0.5: the model's predictions on the trials with half their audio frames given the
+    # fill, scored with the plain CCC formula, here
+    model, normalizer, saved_cfg, smoothing = load_model(tmp_path / "run1" / "model.pt", torch.device("cpu"))
+    val = [load_trial(paths[n]) for n in fold["validation"]]
+    pred = {}
+    for trial in val:
+        dropped = missing_frames(trial, 0.5, "contiguous", CFG.seed)
+        assert dropped.sum() == round(0.5 * trial.length)
+        pred[trial.name] = predict_trial(model, normalizer.apply(drop_audio(trial, dropped, SILENCE)), saved_cfg,
+                                         torch.device("cpu"), smoothing)
+    for j, target in enumerate(("valence", "arousal")):
+        expected = reference_ccc(np.concatenate([pred[t.name][:, j] for t in val]),
+                                 np.concatenate([t.labels[:, j] for t in val]))
+        assert missing["all_trials"]["0.5"][f"ccc_{target}"] == pytest.approx(expected, abs=1e-6)
+    longest = max(val, key=lambda t: t.length)
+    assert missing["longest_trial"]["0.5"]["ccc_valence"] == pytest.approx(
+        reference_ccc(pred[longest.name][:, 0], longest.labels[:, 0]), abs=1e-6)
+    # the audio is informative here: losing half of it costs CCC
+    assert missing["all_trials"]["0.5"]["ccc_mean"] < first["ccc_mean"] - 0.01
     for name in ("model.pt", "metrics.json", "history.csv", "val_predictions.h5"):
         assert (tmp_path / "run1" / name).exists()
     assert not (tmp_path / "run1" / "last.pt").exists()

@@ -26,7 +26,9 @@ from vafusion.learning.align import align_trial
 from vafusion.learning.provenance import (RANDOM_INIT, RECORD_KEY, aligned_record, cached_sha256,
                                           check_features, config_record, read_record, record_differences,
                                           trained_run_problems)
-from vafusion.learning.train import TrainConfig, load_model, train_fold
+from vafusion.learning.predict import load_model
+from vafusion.learning.settings import TrainConfig
+from vafusion.learning.train import train_fold
 
 STREAMS = ("iresnet50", "vggish", "mfcc")  # the default stream set (config.yaml learning.streams)
 

@@ -24,7 +24,9 @@ from vafusion.features.silence import fill_features, read_fill
 from vafusion.learning.align import align_trial
 from vafusion.learning.provenance import aligned_record
 from vafusion.learning.streams import run_streams, split_run, stream_problems, used_streams
-from vafusion.learning.train import TrainConfig, load_model, train_fold
+from vafusion.learning.predict import load_model
+from vafusion.learning.settings import TrainConfig
+from vafusion.learning.train import train_fold
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 

@@ -20,10 +20,13 @@ import torch
 
 from test_learning import DIMS, LEARNING, SILENCE, synthetic_dataset
 from vafusion.learning.align import write_aligned
-from vafusion.learning.data import Normalizer, load_trial, make_batch, open_trial, window_starts
+from vafusion.learning.data import Normalizer, TrialData, load_trial, make_batch, open_trial, window_starts
 from vafusion.learning.folds import make_folds
-from vafusion.learning.train import (TrainConfig, drop_audio, fold_ccc, inner_split, load_model, missing_frames,
-                                     predict_test_trials, predict_trial, smooth, train_fold)
+from vafusion.learning.missing_audio import drop_audio, missing_frames
+from vafusion.learning.predict import fold_ccc, load_model, predict_test_trials, predict_trial, smooth
+from vafusion.learning.selection import inner_split
+from vafusion.learning.settings import TrainConfig
+from vafusion.learning.train import train_fold
 from vafusion.models import build_fusion_model
 
 HP = LEARNING["cross_attention"]
@@ -98,10 +101,10 @@ def test_early_stopping_restores_the_best_epoch_and_reports_its_ccc(tmp_path):
     assert metrics["epochs"] < cfg.max_epochs and metrics["epochs"] == metrics["best_epoch"] + cfg.patience
     # selection on the validation fold: nothing held out, no optimism measured, no inner columns
     assert metrics["selection"] == "validation" and metrics["inner_trials"] == []
-    assert metrics["selection_optimism"] is None and metrics["n_train_trials"] == len(fold["train"])
+    assert metrics["oracle_epoch_gap"] is None and metrics["n_train_trials"] == len(fold["train"])
     assert metrics["seed"] == 0 and metrics["fusion_model"] == "ca"
     assert not any(column.startswith("inner_") for column in rows[0])
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["selection_optimism"] is None
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["oracle_epoch_gap"] is None
     # the saved model is the best epoch's: it reproduces the reported CCC on its own
     model, normalizer, saved_cfg, smoothing = load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))
     val = [normalizer.apply(load_trial(paths[n])) for n in fold["validation"]]
@@ -341,7 +344,7 @@ def test_a_dimension_constant_in_training_is_neutralised_not_amplified(tmp_path)
     still = train_fold("ca", HP, fold, quiet, tmp_path / "still", cfg, audio_fill=fill, device="cpu")
     for key in ("ccc_valence", "ccc_arousal"):
         assert alive[key] == still[key]
-    assert alive["normaliser_constant_dims"] == {"iresnet50": 0, "vggish": 1, "mfcc": 0}
+    assert alive["normaliser_neutralised_dims"] == {"iresnet50": 0, "vggish": 1, "mfcc": 0}
     saved = torch.load(tmp_path / "alive" / "model.pt", weights_only=True)["normalizer"]
     assert np.flatnonzero(saved["constant"]["vggish"].numpy()).tolist() == [dead]
     model, loaded, saved_cfg, _ = load_model(tmp_path / "alive" / "model.pt", torch.device("cpu"))
@@ -538,14 +541,14 @@ def test_inner_selection_trains_on_the_rest_picks_on_held_out_groups_and_measure
 
     # optimism: the epoch the validation fold itself would have picked, among all epochs trained
     peeked = int(np.argmax(val["mean"]))
-    optimism = metrics["selection_optimism"]
+    optimism = metrics["oracle_epoch_gap"]
     assert optimism["peeked_epoch"] == peeked + 1
     for k in ("valence", "arousal", "mean"):
         assert optimism[f"ccc_{k}"] == pytest.approx(val[k][peeked] - val[k][picked], abs=1e-12)
     assert optimism["ccc_mean"] >= 0  # the peeked epoch maximises the validation mean CCC
     # this seed's run stops on the inner patience before the validation fold's best epoch: a real gap
     assert metrics["epochs"] < cfg.max_epochs and optimism["peeked_epoch"] != metrics["best_epoch"]
-    assert json.loads((tmp_path / "inner" / "metrics.json").read_text())["selection_optimism"] == optimism
+    assert json.loads((tmp_path / "inner" / "metrics.json").read_text())["oracle_epoch_gap"] == optimism
 
     # trained on exactly the rest, with the training's own random stream: a validation-mode run
     # on (the rest; the validation fold) goes through the same epochs
@@ -618,3 +621,136 @@ def test_a_named_run_builds_its_fusion_model_and_old_checkpoints_still_load(tmp_
     for name, trial in trials.items():
         np.testing.assert_allclose(predict_trial(model, trial, cfg, torch.device("cpu"), smoothing), written[name],
                                    atol=1e-6)
+
+
+# --- refit, seeds per fold, a normaliser in each dimension's own units (issue 22) ------------------
+
+def test_refit_trains_the_chosen_epoch_count_on_all_training_trials_and_resumes(tmp_path, caplog):
+    """With refit, the kept model is the inner split's epoch count trained again from the same
+    initial weights on every training trial (inner ones included, normaliser refitted): it
+    equals a plain training on those trials stopped after that many epochs."""
+    paths, fold = inner_dataset(tmp_path)
+    cfg = config(seed=1, selection="inner", inner_share=0.4, lr=0.05, max_epochs=12, patience=3, refit=True)
+    inner = inner_split(fold, cfg)
+    rest = [t for t in fold["train"] if t not in inner]
+    metrics = train_fold("ca", HP, fold, paths, tmp_path / "refit", cfg, device="cpu")
+    chosen = metrics["best_epoch"]
+    assert 1 <= chosen < metrics["epochs"]  # picked on the inner split, as without refit
+    record = metrics["refit"]
+    assert record["epochs"] == chosen and len(record["train_loss"]) == chosen
+    assert record["n_train_trials"] == metrics["n_train_trials"] == len(fold["train"])
+    rows = history(tmp_path / "refit")
+    assert record["selected_model"]["ccc_mean"] == pytest.approx(float(rows[chosen - 1]["val_ccc_mean"]), abs=1e-6)
+
+    # the same: a validation-mode training of (rest + inner) interrupted after `chosen` epochs
+    everything = {"fold": 0, "train": rest + inner, "validation": fold["validation"]}
+    plain = config(seed=1, lr=0.05, max_epochs=12, patience=100)
+    train_fold("ca", HP, everything, paths, tmp_path / "plain", plain, device="cpu", stop_after_epochs=chosen)
+    after = torch.load(tmp_path / "plain" / "last.pt", weights_only=False)["model"]
+    saved = torch.load(tmp_path / "refit" / "model.pt", weights_only=True)
+    for key, value in after.items():
+        torch.testing.assert_close(saved["state_dict"][key], value, rtol=0, atol=0)
+    for stream in ("iresnet50", "vggish", "mfcc"):  # normaliser of every training trial
+        np.testing.assert_allclose(saved["normalizer"]["mean"][stream].numpy(),
+                                   stream_frames(paths, fold["train"], stream).mean(0), rtol=1e-5, atol=1e-5)
+    model, normalizer, saved_cfg, smoothing = load_model(tmp_path / "refit" / "model.pt", torch.device("cpu"))
+    with h5py.File(tmp_path / "refit" / "val_predictions.h5") as h5:  # the refit model's predictions are scored
+        for name in fold["validation"]:
+            np.testing.assert_allclose(h5[name]["prediction"][:], predict_trial(
+                model, normalizer.apply(load_trial(paths[name])), saved_cfg, torch.device("cpu"), smoothing), atol=1e-6)
+
+    # interrupted inside the refit, then resumed: the same model, bit for bit
+    stopped = train_fold("ca", HP, fold, paths, tmp_path / "resumed", cfg, device="cpu",
+                         stop_after_epochs=metrics["epochs"] + 1)
+    assert stopped == {"interrupted_after_epoch": metrics["epochs"] + 1}
+    with caplog.at_level("INFO"):
+        train_fold("ca", HP, fold, paths, tmp_path / "resumed", cfg, device="cpu")
+    assert f"resuming ca fold 0's refit after epoch 1 of {chosen}" in caplog.text
+    for key, value in saved["state_dict"].items():
+        torch.testing.assert_close(state_dict(tmp_path / "resumed")[key], value, rtol=0, atol=0)
+
+    # without inner selection there is nothing to refit on
+    assert train_fold("ca", HP, fold, paths, tmp_path / "val", config(max_epochs=2, refit=True),
+                      device="cpu")["refit"] is None
+
+
+def test_every_fold_of_a_seed_starts_from_its_own_weights(tmp_path):
+    """The initial weights come from (seed, fold): with a learning rate of 0 the saved model
+    is its initialisation, which differs between folds of one seed and equals the model
+    built after seeding torch with SeedSequence([seed, fold])'s first word."""
+    paths, fold = synthetic_dataset(tmp_path)
+    other = {"fold": 3, "train": fold["train"], "validation": fold["validation"]}
+    frozen = config(seed=2, max_epochs=1, lr=0.0)
+    for f in (fold, other):
+        metrics = train_fold("jca", HP, f, paths, tmp_path / f"fold{f['fold']}", frozen, device="cpu")
+        seed = int(np.random.SeedSequence([2, f["fold"]]).generate_state(1)[0])
+        assert metrics["init_seed"] == seed
+        torch.manual_seed(seed)
+        built = build_fusion_model("jca", {k: v for k, v in metrics_dims(tmp_path / f"fold{f['fold']}").items()}, HP,
+                                   window=40, streams=metrics["streams"])
+        for key, value in built.state_dict().items():
+            torch.testing.assert_close(state_dict(tmp_path / f"fold{f['fold']}")[key], value, rtol=0, atol=0)
+    a, b = state_dict(tmp_path / "fold0"), state_dict(tmp_path / "fold3")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def metrics_dims(run: Path) -> dict:
+    return torch.load(run / "model.pt", weights_only=True)["dims"]
+
+
+def test_the_normaliser_judges_each_dimension_in_its_own_units(tmp_path):
+    """A stream mixing ten dimensions in Hz (std ~100) with a ratio (std 0.009, like eGeMAPS'
+    StddevUnvoicedSegmentLength): the ratio varies and is kept (the old rule, 1e-4 x the RMS of
+    the stream's spreads = 0.0095, zeroed it), a dimension with one value is neutralised, so is
+    one that wobbles at float32's rounding level around 440."""
+    rng = np.random.default_rng(4)
+    n = 400
+    hz = 200 + 100 * rng.standard_normal((n, 10))
+    ratio = 0.05 + 0.009 * rng.standard_normal((n, 1))
+    flat = np.full((n, 1), 3.0)
+    wobble = (440 + 1e-5 * rng.standard_normal((n, 1))).astype(np.float32)  # float32: 440 +- one ulp
+    x = np.hstack([hz, ratio, flat, wobble]).astype(np.float32)
+    trials = [TrialData(f"t{i}", {"mixed": x[i * 100:(i + 1) * 100]}, np.zeros((100, 2)), np.ones((100, 2), bool))
+              for i in range(4)]
+    normalizer = Normalizer.fit(trials)
+    assert np.flatnonzero(normalizer.constant["mixed"]).tolist() == [11, 12]
+    assert normalizer.summary() == {"mixed": 2}
+    shown = normalizer.apply(trials[0]).streams["mixed"]
+    np.testing.assert_allclose(shown[:, 10], (x[:100, 10] - x[:, 10].astype(np.float64).mean())
+                               / x[:, 10].astype(np.float64).std(), rtol=1e-4, atol=1e-4)
+    assert np.all(shown[:, 11:] == 0)
+    spreads = x.astype(np.float64).std(axis=0)  # the old rule, for the record: the ratio fell below it
+    assert spreads[10] <= 1e-4 * np.sqrt(np.mean(spreads**2))
+
+
+class MiscomputedLinear(torch.nn.Linear):
+    """A layer whose bfloat16 kernel is wrong (as oneDNN's are for some shapes on some CPUs)."""
+
+    def forward(self, x):
+        y = torch.nn.Linear.forward(self, x)
+        return -2 * y if torch.is_autocast_enabled(x.device.type) else y
+
+
+def test_bf16_training_that_disagrees_with_float32_falls_back_and_records_it(tmp_path, monkeypatch, caplog):
+    from vafusion.learning import train as train_module
+
+    paths, fold = synthetic_dataset(tmp_path)
+    healthy = train_fold("ca", HP, fold, paths, tmp_path / "bf16", config(max_epochs=1, precision="bfloat16"),
+                         device="cpu")
+    assert healthy["training_precision"] == "bfloat16"
+    built = train_module.build_fusion_model
+
+    def with_a_miscomputed_layer(*args, **kwargs):
+        model = built(*args, **kwargs)
+        model.project_visual[0].__class__ = MiscomputedLinear
+        return model
+
+    monkeypatch.setattr(train_module, "build_fusion_model", with_a_miscomputed_layer)
+    with caplog.at_level("WARNING"):
+        broken = train_fold("ca", HP, fold, paths, tmp_path / "broken", config(max_epochs=1, precision="bfloat16"),
+                            device="cpu")
+        exact = train_fold("ca", HP, fold, paths, tmp_path / "f32", config(max_epochs=1, precision="float32"),
+                           device="cpu")
+    assert broken["training_precision"].startswith("float32 (bfloat16 autocast DISAGREES")
+    assert "MiscomputedLinear (512 -> 128)" in caplog.text
+    assert broken["ccc_mean"] == exact["ccc_mean"]  # it trained in float32 throughout

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vafusion.learning.train import load_model
+from vafusion.learning.predict import load_model
 from vafusion.models.iresnet import iresnet50
 from vafusion.models.vggish import VGGish, VGGishPCA
 from vafusion.weights import RANDOM_INIT, WeightsError, load_weights, read_state_dict, sha256sum

@@ -25,7 +25,7 @@ from vafusion.dataset import discover
 from vafusion.faces import FaceJpegs, decode_faces
 from vafusion.learning.data import load_trial
 from vafusion.learning.streams import split_run
-from vafusion.learning.train import load_model, predict_trial
+from vafusion.learning.predict import load_model, predict_trial
 from vafusion.video import ffmpeg_binary, iter_frames, probe_video
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ sys.path.insert(0, f"{snakemake.scriptdir}/../../src")
 from vafusion.devices import job_device
 from vafusion.jobs import job_logging
 from vafusion.learning.provenance import check_features
-from vafusion.learning.train import predict_test_trials
+from vafusion.learning.predict import predict_test_trials
 
 with (
     job_logging(snakemake.log[0], f"predict_test {snakemake.wildcards.model}", outputs=snakemake.output),

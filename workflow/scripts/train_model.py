@@ -9,7 +9,8 @@ from vafusion.devices import job_device
 from vafusion.features.silence import read_fill
 from vafusion.jobs import job_logging
 from vafusion.learning.provenance import aligned_record
-from vafusion.learning.train import TrainConfig, train_fold
+from vafusion.learning.settings import TrainConfig
+from vafusion.learning.train import train_fold
 
 with (
     job_logging(snakemake.log[0], f"train_model {snakemake.wildcards.model} seed {snakemake.wildcards.seed} "

@@ -123,16 +123,21 @@ def stream_dims(trial: TrialData | StoredTrial) -> dict[str, int]:
 class Normalizer:
     """Per-dimension standardisation of each stream, fitted on training trials only.
 
-    A dimension that is (near-)constant over the training frames cannot be standardised:
-    dividing by its tiny spread would multiply any later variation (a dead VGGish unit that
-    wakes up at validation, the zero rows of missing audio) by up to 10^6. Such a dimension
-    carries nothing the model could have learned from, so it is neutralised: it reads 0
-    everywhere, decided from the training statistics alone and recorded with the model
-    (``constant``). Near-constant means a spread below ``CONSTANT_SPREAD`` times the
-    stream's typical spread (the root mean square of its dimensions' standard deviations).
+    A dimension that is constant over the training frames cannot be standardised: dividing
+    by its (zero or rounding-level) spread would multiply any later variation (a dead VGGish
+    unit that wakes up at validation, the zero rows of missing audio) by up to 10^6 or more.
+    Such a dimension carries nothing the model could have learned from, so it is
+    neutralised: it reads 0 everywhere, decided from the training statistics alone and
+    recorded with the model (``constant``).
+
+    Each dimension is judged in its own units, never against the stream's other dimensions
+    (eGeMAPS mixes Hz with ratios, whose spreads differ 10^4-fold): constant means a single
+    distinct value over the training frames, or a standard deviation of at most
+    ``CONSTANT_SPREAD`` x max(1, |mean|), i.e. a spread below a millionth of the value's
+    size (or of 1 for values under 1), which no real feature varies by.
     """
 
-    CONSTANT_SPREAD = 1e-4
+    CONSTANT_SPREAD = 1e-6
 
     def __init__(self, mean: dict[str, np.ndarray], std: dict[str, np.ndarray],
                  constant: dict[str, np.ndarray] | None = None):
@@ -146,8 +151,9 @@ class Normalizer:
     @classmethod
     def fit(cls, trials: Iterable[TrialData | StoredTrial]) -> "Normalizer":
         """Mean and (population) std over all frames, accumulated one trial at a time in
-        float64 and merged with Chan et al.'s pairwise update, so no copy of the data is made."""
-        count, mean, m2 = 0, {}, {}
+        float64 and merged with Chan et al.'s pairwise update, so no copy of the data is made;
+        the smallest and largest value per dimension tell a single distinct value."""
+        count, mean, m2, low, high = 0, {}, {}, {}, {}
         for trial in trials:
             rows = trial.rows(0, trial.length)
             n = trial.length
@@ -158,19 +164,19 @@ class Normalizer:
                 mean_t = x.mean(axis=0)
                 m2_t = ((x - mean_t) ** 2).sum(axis=0)
                 if count == 0:
-                    mean[s], m2[s] = mean_t, m2_t
+                    mean[s], m2[s], low[s], high[s] = mean_t, m2_t, x.min(axis=0), x.max(axis=0)
                 else:
                     delta = mean_t - mean[s]
                     mean[s] = mean[s] + delta * n / (count + n)
                     m2[s] = m2[s] + m2_t + delta**2 * count * n / (count + n)
+                    low[s], high[s] = np.minimum(low[s], x.min(axis=0)), np.maximum(high[s], x.max(axis=0))
             count += n
         if count == 0:
             raise ValueError("no training frames to fit the feature normalisation on")
         std = {s: np.sqrt(m2[s] / count) for s in mean}
         constant = {}
         for s, sd in std.items():
-            typical = float(np.sqrt(np.mean(sd**2))) if sd.size else 0.0
-            constant[s] = sd <= max(cls.CONSTANT_SPREAD * typical, 1e-12)
+            constant[s] = (low[s] == high[s]) | (sd <= cls.CONSTANT_SPREAD * np.maximum(1.0, np.abs(mean[s])))
             if constant[s].any():
                 dims = np.flatnonzero(constant[s])
                 log.warning("%s: %d of %d dimensions are constant over the training frames (e.g. %s); they are "
@@ -201,7 +207,8 @@ class Normalizer:
                    constant)
 
     def summary(self) -> dict[str, int]:
-        """Per stream, how many dimensions were neutralised as constant."""
+        """Per stream, how many dimensions were neutralised as constant (metrics.json's
+        ``normaliser_neutralised_dims``; the report counts them)."""
         return {s: int(c.sum()) for s, c in self.constant.items()}
 
 

@@ -22,7 +22,7 @@ from vafusion.annotations import TARGETS
 from vafusion.io import atomic_output
 from vafusion.learning.data import TrialData
 from vafusion.learning.results import write_trial_predictions
-from vafusion.learning.train import fold_ccc
+from vafusion.learning.predict import fold_ccc
 
 log = logging.getLogger(__name__)
 
