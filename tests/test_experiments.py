@@ -4,6 +4,7 @@ configurations that cannot work stopped at planning with their key named."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
@@ -65,6 +66,8 @@ def test_every_run_has_its_fusion_model_stream_set_and_effective_settings(tmp_pa
                                                               "experiment changes only train"),
     ({"x": {"model": "jca", "overrides": {"seeds": [1]}}}, {}, "learning.experiments.x.overrides.seeds"),
     ({"x": {"model": "jca", "preset": "no/such.yaml"}}, {}, "learning.experiments.x.preset: file 'no/such.yaml'"),
+    ({"x": {"model": "jca", "overrides": {"train": {"missing_audio": {"fill": "silence"}}}}}, {},
+     "learning.experiments.x: changes learning.train.missing_audio"),
     ({"jca": {"model": "jca"}}, {}, "learning.experiments.jca: the name is a fusion model or a listed model"),
     ({"x": {"model": "tca", "overrides": {"cross_attention": {"tca_heads": 3}}}}, {},
      "learning.experiments.x: learning.cross_attention.tca_heads: 3 does not divide dim"),
@@ -78,13 +81,18 @@ def test_experiments_and_ensembles_that_cannot_work_name_their_key(experiments, 
 
 
 def test_an_experiments_values_are_checked_against_the_schema():
-    def validate(learning):
-        if learning["train"]["lr"] <= 0:
-            raise ValueError("lr must be positive")
+    """With the workflow's own schema and validator (Snakefile: validate_learning)."""
+    from snakemake.utils import validate
 
     config = with_learning(experiments={"x": {"model": "jca", "overrides": {"train": {"lr": -1}}}})
-    assert experiment_problems(config, validate) == [
-        "learning.experiments.x: its settings do not validate: lr must be positive"]
+    schema = str(Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml")
+    problems = experiment_problems(config, lambda learning: validate(copy.deepcopy({**config, "learning": learning}),
+                                                                     schema))
+    assert len(problems) == 1 and problems[0].startswith("learning.experiments.x: its settings do not validate")
+    assert "-1" in problems[0] and "exclusiveMinimum" in problems[0]
+    fine = with_learning(experiments={"x": {"model": "jca", "overrides": {"train": {"lr": 0.1}}}})
+    assert experiment_problems(fine, lambda learning: validate(copy.deepcopy({**fine, "learning": learning}),
+                                                               schema)) == []
 
 
 @pytest.mark.e2e
@@ -98,3 +106,13 @@ def test_the_workflow_stops_at_planning_on_an_experiment_that_changes_the_folds(
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "learning.experiments.more_folds.overrides.n_folds: an experiment changes only train" in out
+    # past the structural checks: the schema (Snakefile's validate_learning) and the missing-audio test
+    config["learning"]["experiments"] = {"bad_lr": {"model": "jca", "overrides": {"train": {"lr": -1.0}}},
+                                         "silent": {"model": "jca", "overrides": {"train": {"missing_audio": {
+                                             "fill": "silence"}}}}}
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "learning.experiments.bad_lr: its settings do not validate" in out and "exclusiveMinimum" in out
+    assert "learning.experiments.silent: changes learning.train.missing_audio" in out

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from test_learning import write_labels
-from vafusion.learning.folds import excluded_trials, group_trials, make_folds, read_subject_map
+from vafusion.learning.bootstrap import Bootstrap
+from vafusion.learning.folds import (excluded_trials, group_trials, make_folds, partition_overlap, read_subject_map,
+                                    resampling_units)
 
 TRAIN = {"a": "a", "b_left": "b", "b_right": "b", "c": "c", "d": "d", "e": "e", "f": "f", "g": "g"}
 VALIDATION = {"v1": "v1", "v2": "v2"}  # trial -> video, like TRAIN
@@ -104,7 +106,7 @@ def test_every_fold_records_its_training_groups_with_the_validation_partitions_v
     """train_groups: the groups of each fold's training trials, those of the validation
     partition included where they train (fold k > 0), by video and subject."""
     validation = {"w_left": "w", "w_right": "w", "x": "x", "y": "y"}
-    subjects = {"y": "s9", "s0": "s9", "p00_left": "s7", "p01_right": "s7"}
+    subjects = {"y": "s9", "x": "s9", "p00_left": "s7", "p01_right": "s7"}
     for seed in range(5):
         folds = make_folds(PAIRS, validation, 4, seed=seed, subjects=subjects)
         for fold in folds["folds"]:
@@ -118,11 +120,49 @@ def test_every_fold_records_its_training_groups_with_the_validation_partitions_v
                 if f"p{i:02d}_left" in fold["train"]:
                     assert f"p{i:02d}_right" in group_of(f"p{i:02d}_left")  # the two faces of one video
             if fold["fold"] > 0:  # the validation partition trains here, grouped like the rest
-                assert ["w_left", "w_right"] in groups and ["x"] in groups
-            if "s0" in fold["train"] and "y" in fold["train"]:
-                assert group_of("y") == ["s0", "y"]  # one subject across the partitions
+                assert ["w_left", "w_right"] in groups
+            if fold["fold"] > 0:
+                assert group_of("y") == ["x", "y"]  # one subject in two videos of the validation partition
             if "p00_left" in fold["train"]:
                 assert group_of("p00_left") == ["p00_left", "p00_right", "p01_left", "p01_right"]
         assert folds["folds"][0]["train_groups"] == [sorted(g) for g in sorted(folds["groups"], key=lambda g: g[0])]
     with pytest.raises(TypeError, match="validation must map each validation trial to its video"):
         make_folds(PAIRS, ["w_left", "w_right"], 4, seed=0)
+
+
+def test_a_subject_in_both_partitions_is_refused_naming_it():
+    """Fold 0 is the official split: a subject with trials on both sides would be trained and
+    validated on; no fold assignment can undo it, so it stops, naming subject and trials."""
+    subjects = {"a": "anna", "v1": "anna", "c": "carl"}
+    assert partition_overlap(TRAIN, VALIDATION, subjects) == [
+        "subject 'anna' has trials in both partitions (train: a; validation: v1)"]
+    with pytest.raises(ValueError, match=r"subject-independent folds are impossible: subject 'anna' has trials in "
+                                         r"both partitions \(train: a; validation: v1\)"):
+        make_folds(TRAIN, VALIDATION, 4, seed=0, subjects=subjects)
+    # a two-person video split across the partitions is refused as well (no subject map needed)
+    assert partition_overlap(TRAIN, {"b_left": "b"} | VALIDATION) == [
+        "video 'b' has trials in both partitions (train: b_left, b_right; validation: b_left)"]
+    # an all -5 trial is left out of the folds, and so out of the check
+    assert make_folds(TRAIN, VALIDATION, 4, seed=0, subjects=subjects, excluded={"v1": "all -5"})["folds"]
+    assert partition_overlap(TRAIN, VALIDATION, {"a": "anna", "c": "anna"}) == []
+
+
+def test_the_bootstrap_resamples_subjects_when_a_subject_map_is_given():
+    """With a subject map the resampling unit is the subject (with its videos): the trials
+    of one subject always get the same count; without one, each video is a unit."""
+    import numpy as np
+
+    videos = {f"t{i}": f"video{i}" for i in range(8)} | {"duo_left": "duo", "duo_right": "duo"}
+    subjects = {"t0": "s1", "t1": "s1", "t2": "s1", "t3": "s2", "duo_left": "s2"}
+    units = resampling_units(videos, subjects)
+    assert units["t0"] == units["t1"] == units["t2"] == "video0+video1+video2"
+    assert units["t3"] == units["duo_left"] == units["duo_right"] == "duo+video3"
+    assert len(set(units.values())) == 6 and resampling_units(videos) == {t: v for t, v in videos.items()}
+    rng = np.random.default_rng(0)
+    run = {(0, t): (rng.normal(size=(5, 2)), rng.normal(size=(5, 2)), np.ones((5, 2), bool)) for t in videos}
+    boot = Bootstrap({"a": run}, units, n_resamples=300, seed=0)
+    assert boot.n_videos == 6
+    column = {name: i for i, name in enumerate(boot.videos)}
+    counts = boot.counts
+    assert (counts.sum(axis=1) == 6).all()
+    assert set(column) == set(units.values())

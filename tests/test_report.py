@@ -44,11 +44,11 @@ def test_summary_has_mean_std_best_fold_iaca_pairs_and_missing_audio_per_target(
     assert "| 0 (0.300) |" in gated  # fold 0 and 1 tie at 0.3: the first is reported
     # with / without IACA, side by side, per target: valence 0.3 -> 0.4 (+0.100, +33.3 % of 0.3)
     assert ("| attention | target | without IACA | with IACA | with - without [interval] | p | resolved | "
-            "Δ (% of without) |") in lines
+            "Δ (% of without) | over folds: without / with |") in lines
     # without validation predictions there is no bootstrap: the difference of the means, no interval
-    assert "| rjca | valence | 0.300 ± 0.100 | 0.400 ± 0.100 | +0.100 | - | - | +33.3 % |" in lines
-    assert "| rjca | arousal | 0.500 ± 0.100 | 0.200 ± 0.100 | -0.300 | - | - | -60.0 % |" in lines
-    assert "| rjca | mean | 0.400 ± 0.100 | 0.300 ± 0.000 | -0.100 | - | - | -25.0 % |" in lines
+    assert "| rjca | valence | 0.300 | 0.400 | +0.100 | - | - | +33.3 % | 0.300 ± 0.100 / 0.400 ± 0.100 |" in lines
+    assert "| rjca | arousal | 0.500 | 0.200 | -0.300 | - | - | -60.0 % | 0.500 ± 0.100 / 0.200 ± 0.100 |" in lines
+    assert "| rjca | mean | 0.400 | 0.300 | -0.100 | - | - | -25.0 % | 0.400 ± 0.100 / 0.300 ± 0.000 |" in lines
     # missing audio, valence / arousal, mean over folds, for each scope
     assert sum("Missing audio (contiguous" in line for line in lines) == 2
     at_half = 0.4 - 0.2 * 0.5, 0.4 - 2 * 0.2 * 0.5  # rjca: mean base 0.4
@@ -67,12 +67,36 @@ def test_iaca_delta_is_table_2s_relative_improvement_in_percent():
     lines = summary_markdown(rows).splitlines()
     for m, (without, with_, printed) in table_2.items():
         for target, w0, w1, delta in zip(("valence", "arousal"), without, with_, printed):
-            assert f"| {m} | {target} | {w0:.3f} ± 0.000 | {w1:.3f} ± 0.000 | {w1 - w0:+.3f} | - | - | +{delta} % |" \
-                in lines
+            assert f"| {m} | {target} | {w0:.3f} | {w1:.3f} | {w1 - w0:+.3f} | - | - | +{delta} % |" in "\n".join(lines)
     rows = [row("ca", 0, -0.1, 0.0), row("ca_iaca", 0, 0.2, 0.1)]
     lines = summary_markdown(rows).splitlines()
-    assert "| ca | valence | -0.100 ± 0.000 | 0.200 ± 0.000 | +0.300 | - | - | n/a |" in lines
-    assert "| ca | arousal | 0.000 ± 0.000 | 0.100 ± 0.000 | +0.100 | - | - | n/a |" in lines
+    assert "| ca | valence | -0.100 | 0.200 | +0.300 | - | - | n/a |" in "\n".join(lines)
+    assert "| ca | arousal | 0.000 | 0.100 | +0.100 | - | - | n/a |" in "\n".join(lines)
+
+
+def test_iaca_delta_and_its_interval_come_from_the_same_pooled_ccc(tmp_path):
+    """With the bootstrap, the Δ % is the pooled CCC's relative change, like the interval
+    beside it, not the fold means' (which differ here: one fold with a near-zero baseline
+    swings the mean of per-fold CCCs)."""
+    rng = np.random.default_rng(7)
+    label = {f"t{i}": np.column_stack([rng.normal(size=60), rng.normal(size=60)]) for i in range(6)}
+    specs, pooled = [], {}
+    for model, noise in (("jca", 0.9), ("jca_iaca", 0.8)):
+        preds = {t: y + noise * rng.normal(size=y.shape) for t, y in label.items()}
+        for fold, names in ((0, ["t0", "t1", "t2"]), (1, ["t3", "t4", "t5"])):
+            v = plain_ccc(np.concatenate([preds[t][:, 0] for t in names]), np.concatenate([label[t][:, 0] for t in names]))
+            specs.append((model, fold, v, v, {t: (preds[t], label[t], np.ones((60, 2), bool)) for t in names}))
+        pooled[model] = plain_ccc(np.concatenate([preds[t][:, 0] for t in label]),
+                                  np.concatenate([label[t][:, 0] for t in label]))
+    files = fake_runs(tmp_path, specs)
+    out = {k: tmp_path / f"out.{k}" for k in ("ccc", "summary", "ccc_per_fold", "html", "provenance", "config")}
+    write_reports(files["metrics"], out, predictions=files["predictions"], videos={t: t for t in label},
+                  compare={"resamples": 300, "confidence": 0.95, "seed": 0, "method": "expanded"})
+    line = next(x for x in out["summary"].read_text().splitlines() if x.startswith("| jca | valence |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == f"{pooled['jca']:.3f}" and cells[3] == f"{pooled['jca_iaca']:.3f}"
+    assert cells[4].startswith(f"{pooled['jca_iaca'] - pooled['jca']:+.3f} [")
+    assert cells[7] == f"{100 * (pooled['jca_iaca'] - pooled['jca']) / pooled['jca']:+.1f} %"
 
 
 def fake_runs(tmp_path, specs):
@@ -196,11 +220,15 @@ def test_stream_sets_are_listed_compared_fold_by_fold_and_their_sources_named():
                                "files_sha256": {"t1": "11", "t2": "22"}}}
     rows = []
     for fold, (v0, a0, v1, a1) in enumerate([(0.8, 0.6, 0.5, 0.7), (0.4, 0.2, 0.3, 0.1), (0.6, 0.5, 0.6, 0.3)]):
-        rows.append({**row("jca", fold, v0, a0), "streams": default, "stream_sources": {"vggish": sources["vggish"]}})
+        rows.append({**row("jca", fold, v0, a0), "streams": default, "stream_sources": {"vggish": sources["vggish"]},
+                     "normaliser_neutralised_dims": {"iresnet50": 0, "vggish": 50 + fold, "mfcc": 0}})
         rows.append({**row("jca@pretrained", fold, v1, a1), "streams": pretrained,
                      "stream_sources": {k: sources[k] for k in ("egemaps", "openface_au")}})
     lines = stream_set_markdown(rows)
-    assert "| jca@pretrained | jca | pretrained | audio egemaps; visual landmarks + openface_au |" in lines
+    assert "| jca@pretrained | jca | pretrained | audio egemaps; visual landmarks + openface_au | (not recorded) |" \
+        in lines
+    # the neutralised dimensions per stream, mean over the trainings (50, 51, 52)
+    assert "| jca | jca | default | audio vggish + mfcc; visual iresnet50 | iresnet50 0, vggish 51, mfcc 0 |" in lines
     diffs = [0.5 - 0.8, 0.3 - 0.4, 0.6 - 0.6]  # valence, fold by fold
     expected = f"{statistics.mean(diffs):+.3f} ± {statistics.pstdev(diffs):.3f}"
     assert (f"| jca | pretrained | valence | {statistics.mean([0.5, 0.3, 0.6]):.3f} ± "
@@ -255,7 +283,7 @@ def test_report_over_seeds_with_pooled_intervals_pairs_ensemble_and_selection_op
                     record["ensemble"] = {"members": ["jca", "rjca"], "weights_mode": "equal", "weights": {}}
                 else:
                     record.update(best_epoch=2, selection="inner",
-                                  selection_optimism={"peeked_epoch": 3, "ccc_valence": 0.01 * (seed + 1),
+                                  oracle_epoch_gap={"peeked_epoch": 3, "ccc_valence": 0.01 * (seed + 1),
                                                       "ccc_arousal": 0.02 * fold, "ccc_mean": 0.03})
                 rows[(model, seed, fold)]["metrics"] = record
                 (run / "metrics.json").write_text(json.dumps(record))
@@ -263,9 +291,14 @@ def test_report_over_seeds_with_pooled_intervals_pairs_ensemble_and_selection_op
                 prediction_files.append(run / "val_predictions.h5")
     out = {k: tmp_path / name for k, name in (("ccc", "ccc.csv"), ("summary", "summary.md"), ("html", "report.html"),
                                               ("ccc_per_fold", "ccc_per_fold.png"), ("provenance", "provenance.rst"),
-                                              ("config", "config.yaml"))}
+                                              ("config", "config.yaml"), ("ccc_forest", "forest.png"),
+                                              ("ccc_differences", "differences.png"))}
     write_reports(metrics_files, out, predictions=prediction_files, videos=videos,
-                  compare={"resamples": 2000, "confidence": 0.95, "seed": 0})
+                  compare={"resamples": 2000, "confidence": 0.95, "seed": 0, "method": "expanded"})
+    for picture in ("ccc_forest", "ccc_differences"):  # the comparisons as pictures, ahead of the tables
+        assert out[picture].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = out["html"].read_text()
+    assert page.index("Pooled CCC of every model with its interval") < page.index("Every pair of models: paired")
     lines = out["summary"].read_text().splitlines()
     assert out["ccc"].read_text().splitlines()[0] == "model,seed,fold,ccc_valence,ccc_arousal,ccc_mean"
     assert any(line.startswith("Epoch selection: epochs selected on an inner split") for line in lines)
@@ -274,7 +307,7 @@ def test_report_over_seeds_with_pooled_intervals_pairs_ensemble_and_selection_op
         return f"{statistics.fmean(values):{'+' if signed else ''}.3f} ± {statistics.pstdev(values):.3f}"
 
     jca = [rows[("jca", s, f)]["metrics"] for s in (0, 1) for f in folds]
-    spread = statistics.pstdev([statistics.fmean(r["ccc_mean"] for r in jca if r["seed"] == s) for s in (0, 1)])
+    spread = statistics.stdev([statistics.fmean(r["ccc_mean"] for r in jca if r["seed"] == s) for s in (0, 1)])
     assert any(line.startswith(f"| jca | 4 | {fmt([r['ccc_valence'] for r in jca])} |") and f"| {spread:.3f} |" in line
                for line in lines)
 
@@ -294,7 +327,14 @@ def test_report_over_seeds_with_pooled_intervals_pairs_ensemble_and_selection_op
     # every pair, better first: jca minus rjca per target; jca is far better on 7 videos x 40 frames
     diff = pooled("jca", 0) - pooled("rjca", 0)
     pair = next(line for line in lines if line.startswith("| jca | rjca | valence |"))
-    assert f"| {diff:+.3f} [" in pair and pair.endswith("| yes |")
+    assert f"| {diff:+.3f} [" in pair and "| yes |" in pair
+    # its seed spread: sqrt(s_jca^2 + s_rjca^2), s the std (ddof 1) over seeds of the pooled CCC of each seed
+    def per_seed(model, j, s):
+        trials = [(t, f) for f, ts in folds.items() for t in ts]
+        return plain_ccc(np.concatenate([rows[(model, s, f)]["pred"][t][:, j] for t, f in trials]),
+                         np.concatenate([labels[t][:, j] for t, _ in trials]))
+    spreads = [statistics.stdev([per_seed(m, 0, s) for s in (0, 1)]) for m in ("jca", "rjca")]
+    assert pair.endswith(f"| {math.hypot(*spreads):.3f} |") or f"| {math.hypot(*spreads):.3f} (larger" in pair
     assert sum(line.startswith("| ens | ") or line.startswith("| jca | ens |") for line in lines) >= 3
     ensemble = next(line for line in lines if line.startswith("| ens | jca, rjca | equal |"))
     assert "| jca |" in ensemble  # its best member

@@ -35,7 +35,7 @@ def expected_figures(config: dict) -> dict[str, set[str]]:
     models = list(config["learning"]["models"]) + list(config["learning"]["experiments"])
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     return {
-        "1 Summary": {"ccc_per_fold.png"},
+        "1 Summary": {"ccc_per_fold.png", "ccc_forest.png", "ccc_differences.png"},
         "2 Training": {f"{m}/training_curves.png" for m in models},
         "3 Validation": {f"{m}/{name}.png" for m in models for name in ("ccc_per_trial", "scatter", "traces")},
         "4 Missing audio": {f"missing_audio_{p}.png" for p in patterns}
@@ -76,7 +76,8 @@ def test_snakemake_report_opens_shows_provenance_first_and_every_image_loads(dem
         assert {path.split("/reports/", 1)[1] for path in categories["3 Validation"][model]} == {
             f"{model}/{name}" for name in ("ccc_per_trial.png", "ccc_per_trial.csv", "scatter.png", "traces.png")}
     summary = {path.rsplit("/", 1)[1] for paths in categories["1 Summary"].values() for path in paths}
-    assert summary == {"ccc.csv", "summary.md", "ccc_per_fold.png", "config.yaml"}
+    assert summary == {"ccc.csv", "summary.md", "ccc_per_fold.png", "ccc_forest.png", "ccc_differences.png",
+                       "config.yaml"}
 
     # each image shown the way the report shows it (its view's <img>), and every caption rendered
     images = browser.evaluate("Object.entries(results).filter(([p, r]) => r.mime_type === 'image/png')"

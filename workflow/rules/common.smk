@@ -29,8 +29,21 @@ except DatasetError as err:
 for name, path in config["weights"].items():
     if path is not None and not Path(path).is_file():
         raise WorkflowError(f"weights.{name}: file '{path}' does not exist")
-if config["learning"]["fold_groups"] is not None and not Path(config["learning"]["fold_groups"]).is_file():
-    raise WorkflowError(f"learning.fold_groups: file '{config['learning']['fold_groups']}' does not exist")
+if config["learning"]["fold_groups"] is not None:
+    if not Path(config["learning"]["fold_groups"]).is_file():
+        raise WorkflowError(f"learning.fold_groups: file '{config['learning']['fold_groups']}' does not exist")
+    from vafusion.learning.folds import partition_overlap, read_subject_map
+
+    try:
+        overlap = partition_overlap({t.name: t.video for t in DATASET.partition("train")},
+                                    {t.name: t.video for t in DATASET.partition("validation")},
+                                    read_subject_map(config["learning"]["fold_groups"]))
+    except ValueError as err:
+        raise WorkflowError(f"learning.fold_groups: {err}")
+    if overlap:
+        raise WorkflowError("learning.fold_groups: subject-independent folds are impossible, fold 0 (the official "
+                            "split) would train and validate on the same person:\n" + "\n".join(overlap)
+                            + "\nMove these trials into one partition, or correct the subject map.")
 if config["features"]["vggish"]["pca"] and config["weights"]["vggish_pca"] is None:
     raise WorkflowError("features.vggish.pca is true but weights.vggish_pca is null")
 if problems := settings_problems(config["learning"]):
@@ -317,7 +330,8 @@ def ensemble_test_inputs(wildcards):
 
 
 # rule report's outputs; all of them are targets, so that `snakemake --report` finds every flagged file
-REPORT_FILES = ("ccc.csv", "summary.md", "ccc_per_fold.png", "config.yaml", "provenance.rst", "report.html")
+REPORT_FILES = ("ccc.csv", "summary.md", "ccc_per_fold.png", "ccc_forest.png", "ccc_differences.png", "config.yaml",
+                "provenance.rst", "report.html")
 MODEL_FIGURES = ("training_curves", "ccc_per_trial", "scatter", "traces")
 GATE_FIGURES = ("gates_over_time", "gates_missing_audio")
 MISSING_AUDIO_PATTERNS = config["learning"]["train"]["missing_audio"]["patterns"]

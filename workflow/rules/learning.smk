@@ -242,6 +242,7 @@ rule plot_gates:
 rule plot_missing_audio:
     input:
         metrics=run_files("metrics.json", RUNS),
+        subjects=fold_groups_input(),
     output:
         figure=report(
             f"{OUT}/reports/missing_audio_{{pattern}}.png",
@@ -250,6 +251,10 @@ rule plot_missing_audio:
             subcategory="all models",
             labels={"figure": "CCC, {pattern} audio frames dropped"},
         ),
+    params:
+        # the curves' intervals: the report's bootstrap over the same units
+        videos={name: t.video for name, t in TRIALS.items()},
+        compare=config["learning"]["compare"],
     log:
         f"{OUT}/logs/plot_missing_audio/{{pattern}}.log",
     wildcard_constraints:
@@ -268,6 +273,8 @@ rule report:
     input:
         metrics=run_files("metrics.json"),
         predictions=run_files("val_predictions.h5"),
+        # with a subject map the bootstrap resamples subjects (with their videos), not videos
+        subjects=fold_groups_input(),
         figures=model_figure_files(),
         missing_audio=missing_audio_figure_files(),
     output:
@@ -288,6 +295,18 @@ rule report:
             caption="../report/ccc_per_fold.rst",
             category="1 Summary",
             labels={"figure": "CCC per fold"},
+        ),
+        ccc_forest=report(
+            f"{OUT}/reports/ccc_forest.png",
+            caption="../report/ccc_forest.rst",
+            category="1 Summary",
+            labels={"figure": "pooled CCC with intervals"},
+        ),
+        ccc_differences=report(
+            f"{OUT}/reports/ccc_differences.png",
+            caption="../report/ccc_differences.rst",
+            category="1 Summary",
+            labels={"figure": "paired differences"},
         ),
         config=report(
             f"{OUT}/reports/config.yaml",

@@ -128,6 +128,11 @@ def experiment_problems(config: dict, validate=None) -> list[str]:
     runs = resolve_runs(config)
     for name in experiments:
         run = runs[name]
+        if run.learning["train"]["missing_audio"] != learning["train"]["missing_audio"]:
+            problems.append(f"learning.experiments.{name}: changes learning.train.missing_audio (through its "
+                            "overrides or preset): every run is tested on the same missing-audio shares, patterns and "
+                            "fill, or the report's curves and tables cannot put them side by side; set it in "
+                            "learning.train for all runs")
         if validate is not None:
             try:
                 validate(run.learning)

@@ -60,27 +60,43 @@ def plot_ccc_per_fold(rows: list[dict], path: str | Path) -> None:
     save(fig, path)
 
 
-def plot_missing_audio(rows: list[dict], pattern: str, path: str | Path) -> None:
+def plot_missing_audio(rows: list[dict], pattern: str, path: str | Path, boot=None) -> None:
     """CCC per target against the share of dropped audio frames, over all validation
-    trials (top) and the longest one (bottom, the paper's one-video variant); the paper's
-    comparison, RJCA against RJCA + IACA, in bold."""
+    trials (top: the pooled CCC, with its interval shaded when ``boot``, the bootstrap over
+    the curves' points of ``comparisons.missing_audio_bootstrap``, is given; else the mean
+    over folds) and the longest one (bottom, the paper's one-video variant, mean over folds);
+    the paper's comparison, RJCA against RJCA + IACA, in bold. An IACA model whose gate is
+    constant in some trainings says so in its legend entry."""
+    from vafusion.learning.comparisons import constant_gates, curve_point
+
     models = sorted({r["model"] for r in rows if pattern in r.get("missing_audio", {})})
-    fig, axes = plt.subplots(2, 2, figsize=(12, 7), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex=True)
     colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     for row, (scope, scope_name) in enumerate(MISSING_SCOPES):
+        pooled = boot is not None and scope == "all_trials"
         for col, target in enumerate(TARGETS):
             ax = axes[row, col]
             for m in models:
                 shares, values = missing_audio_curve(rows, m, pattern, scope, target)
-                paper = m in ("rjca", "rjca_iaca")
-                ax.plot([s * 100 for s in shares], values, marker="o", color=colors[m], label=m,
-                        linewidth=2.5 if paper else 1.0, alpha=1.0 if paper else 0.6)
+                x = [s * 100 for s in shares]
+                paper = m.partition("@")[0] in ("rjca", "rjca_iaca")
+                constant, total = constant_gates(rows, m)
+                label = m + (f" (gate constant in {constant} of {total})" if constant else "")
+                if pooled:
+                    scores = [boot.score(curve_point(m, s), target) for s in shares]
+                    values = [e.estimate for e in scores]
+                    ax.fill_between(x, [e.low for e in scores], [e.high for e in scores], color=colors[m],
+                                    alpha=0.18 if paper else 0.07, linewidth=0)
+                ax.plot(x, values, marker="o", color=colors[m], label=label,
+                        linewidth=2.5 if paper else 1.0, alpha=1.0 if paper else 0.6,
+                        linestyle="--" if constant else "-")
             ax.set_title(f"{target}, {scope_name}", fontsize=10)
-            ax.set_ylabel("CCC (mean over folds)")
+            ax.set_ylabel("pooled CCC, interval shaded" if pooled else "CCC (mean over folds)")
             ax.axhline(0, color="black", linewidth=0.5)
     for ax in axes[1]:
         ax.set_xlabel(f"audio frames dropped ({pattern}), %")
-    axes[0, 1].legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))  # outside the data
     fig.suptitle(f"Missing audio, {pattern} frames dropped; a dropped frame gets {missing_audio_fill(rows)}",
                  fontsize=11)
     fig.tight_layout()

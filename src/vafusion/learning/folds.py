@@ -8,6 +8,9 @@ video or same subject") — the groups are shuffled with the seed and cut into n
 chunks; with the validation partition as one more chunk, each chunk is validated once while
 all the others train.
 
+A video or a subject with trials in both partitions is refused (``partition_overlap``):
+fold 0 would train and validate on the same person.
+
 Every fold also records its training trials' groups (``train_groups``, grouped the same
 way, the validation partition's trials included where they train): the inner selection
 split of ``vafusion.learning.train`` draws whole groups from them, so that no video or
@@ -49,6 +52,36 @@ def group_trials(trials: dict[str, str], subjects: dict[str, str] | None = None)
     return sorted(groups.values(), key=lambda g: g[0])
 
 
+def partition_overlap(train: dict[str, str], validation: dict[str, str],
+                      subjects: dict[str, str] | None = None) -> list[str]:
+    """One line per group of trials (same video or same subject, ``group_trials``) that has
+    trials in both partitions, naming its subjects and the trials on each side: fold 0 (the
+    official split) would train and validate on one person, and no fold assignment can undo
+    that. Empty when the partitions share no video and no subject."""
+    video_of = {**train, **validation}
+    problems = []
+    for group in group_trials(video_of, subjects):
+        in_train, in_val = [t for t in group if t in train], [t for t in group if t in validation]
+        if in_train and in_val:
+            who = sorted({subjects[t] for t in group if subjects and t in subjects})
+            what = (f"subject{'s' if len(who) > 1 else ''} {', '.join(repr(w) for w in who)}" if who else
+                    f"video {video_of[group[0]]!r}")
+            problems.append(f"{what} has trials in both partitions (train: {', '.join(in_train)}; validation: "
+                            f"{', '.join(in_val)})")
+    return problems
+
+
+def resampling_units(videos: dict[str, str], subjects: dict[str, str] | None = None) -> dict[str, str]:
+    """trial -> the unit a cluster bootstrap resamples: its video, or with a subject map the
+    group of everything that shares a video or a subject with it (``group_trials``), named
+    by its videos joined with '+'."""
+    units = {}
+    for group in group_trials(videos, subjects):
+        name = "+".join(sorted({videos[t] for t in group}))
+        units.update({t: name for t in group})
+    return units
+
+
 def make_folds(train: dict[str, str], validation: dict[str, str], n_folds: int, seed: int,
                excluded: dict[str, str] | None = None, subjects: dict[str, str] | None = None) -> dict:
     """``train`` and ``validation`` map each trial of the partition to its video; ``excluded``
@@ -60,7 +93,12 @@ def make_folds(train: dict[str, str], validation: dict[str, str], n_folds: int, 
     if not isinstance(validation, dict):
         raise TypeError("make_folds: validation must map each validation trial to its video, like train")
     excluded = dict(excluded or {})
-    groups = group_trials({t: v for t, v in train.items() if t not in excluded}, subjects)
+    kept_train = {t: v for t, v in train.items() if t not in excluded}
+    if problems := partition_overlap(kept_train, {t: v for t, v in validation.items() if t not in excluded}, subjects):
+        raise ValueError("subject-independent folds are impossible: " + "; ".join(problems) + ". Fold 0 is the "
+                         "official split and would train and validate on the same person: move these trials into one "
+                         "partition, or correct learning.fold_groups")
+    groups = group_trials(kept_train, subjects)
     if len(groups) < n_folds - 1:
         raise ValueError(f"{len(groups)} groups of training trials (videos or subjects) cannot make "
                          f"{n_folds - 1} chunks for {n_folds} folds")

@@ -18,11 +18,15 @@ from pathlib import Path
 import yaml
 
 from vafusion.learning.bootstrap import Bootstrap, load_predictions
-from vafusion.learning.comparisons import (experiments_markdown, ensembles_markdown, fmt, iaca_markdown, models_markdown,
-                                           optimism_markdown, pairs_markdown, seed_spread, selection_line)
+from vafusion.learning.comparison_figures import plot_difference_matrix, plot_forest
+from vafusion.learning.comparisons import (ALARM, ensembles_markdown, experiments_markdown, fmt, gates_markdown,
+                                           iaca_markdown, missing_audio_bootstrap, missing_audio_markdown,
+                                           models_markdown, optimistic_runs, oracle_gap_markdown, pairs_markdown,
+                                           refit_markdown, seed_spread, selection_line)
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
-from vafusion.learning.results import (FILL_NAMES, MISSING_SCOPES, TARGETS, missing_audio_curve, missing_audio_fill,
-                                       missing_audio_patterns, read_metrics, stats, unscored)
+from vafusion.learning.folds import resampling_units
+from vafusion.learning.results import (FILL_NAMES, TARGETS, missing_audio_fill, missing_audio_patterns, read_metrics,
+                                      stats, unscored)
 from vafusion.learning.streams import DEFAULT_SET, split_run
 from vafusion.weights import RANDOM_INIT, sha256sum
 
@@ -38,16 +42,20 @@ def write_ccc_csv(rows: list[dict], path: str | Path) -> None:
             writer.writerow([r["model"], r.get("seed", 0), r["fold"]] + [f"{r[c]:.6f}" for c in COLUMNS[3:]])
 
 
-def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: dict[str, dict] | None = None) -> str:
+def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: dict[str, dict] | None = None,
+                     missing_boots: dict[str, Bootstrap | None] | None = None, unit: str = "videos") -> str:
     """The tables of the report. ``boot``: the paired bootstrap over the runs' validation
     predictions (None: the tables that need it are left out); ``variants``: the runs that
-    vary a listed model (name -> {"model", "stream_set", "changes"})."""
+    vary a listed model (name -> {"model", "stream_set", "changes"}); ``missing_boots``: per
+    missing-audio pattern, the bootstrap over the curves' points (``missing_audio_bootstrap``);
+    ``unit``: what the bootstrap resamples ("videos" or "subjects")."""
     models = sorted({r["model"] for r in rows})
     seeds = sorted({r.get("seed", 0) for r in rows})
+    optimistic = optimistic_runs(rows)
     lines = ["# Validation CCC per model (mean ± std over folds and seeds)", "",
              selection_line(rows), "",
-             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}). Seed spread: the std over seeds of the mean CCC "
-             "over folds, how far retraining with another seed moves a model (- with one seed). A difference "
+             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}). Seed spread: the std (ddof 1) over seeds of the "
+             "mean CCC over folds, how far retraining with another seed moves a model (- with one seed). A difference "
              "between models smaller than this is noise.", "",
              "| model | trainings | valence | arousal | mean | seed spread (mean) | best fold (mean CCC) | windows/s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -67,15 +75,19 @@ def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: 
         lines += ["", "Folds without a score for a target (their CCC is NaN; the means above leave them out):",
                   ""] + [f"- {line}" for line in missing]
     if boot is not None:
-        lines += models_markdown(boot, models)
+        lines += models_markdown(boot, models, optimistic, unit)
     lines += iaca_markdown(rows, boot)
+    lines += gates_markdown(rows)
     if boot is not None:
-        lines += experiments_markdown(boot, variants or {}, models)
+        lines += experiments_markdown(boot, variants or {}, models, optimistic)
         lines += ensembles_markdown(rows, boot)
-        lines += pairs_markdown(boot, models)
-    lines += optimism_markdown(rows)
-    lines += stream_set_markdown([r for r in rows if "ensemble" not in r], variants)
-    lines += missing_audio_markdown([r for r in rows if "ensemble" not in r])
+        lines += pairs_markdown(boot, models, optimistic)
+    lines += oracle_gap_markdown(rows)
+    lines += refit_markdown(rows)
+    trained = [r for r in rows if "ensemble" not in r]
+    lines += stream_set_markdown(trained, variants)
+    if missing_audio_patterns(trained):
+        lines += missing_audio_markdown(trained, missing_audio_fill(trained), missing_boots or {})
     return "\n".join(lines) + "\n"
 
 
@@ -85,19 +97,33 @@ def _streams_text(streams: dict | None) -> str:
     return f"audio {' + '.join(streams['audio'])}; visual {' + '.join(streams['visual'])}"
 
 
+def _neutralised(rows: list[dict]) -> str:
+    """'vggish 56 of 128, mfcc 0' (mean over the trainings that recorded it)."""
+    counts: dict[str, list[int]] = {}
+    for r in rows:
+        for stream, n in (r.get("normaliser_neutralised_dims") or r.get("normaliser_constant_dims") or {}).items():
+            counts.setdefault(stream, []).append(n)
+    if not counts:
+        return "(not recorded)"
+    return ", ".join(f"{stream} {stats(ns)[0]:.3g}" for stream, ns in counts.items())
+
+
 def stream_set_markdown(rows: list[dict], variants: dict[str, dict] | None = None) -> list[str]:
     """Which streams each run fused and, for every fusion model trained on several stream
     sets, the sets side by side: CCC mean ± std over folds, and the per-fold difference to
     the default set (paired by fold: the same validation trials)."""
     runs = sorted({r["model"] for r in rows})
-    lines = ["", "## Feature streams of each model", "", "| model | fusion model | stream set | streams |",
-             "|---|---|---|---|"]
+    lines = ["", "## Feature streams of each model", "",
+             "Neutralised: the feature dimensions that were constant over a training's frames (one value, or a spread "
+             "below a millionth of their size), read as 0 by that model; per stream, the mean over trainings.", "",
+             "| model | fusion model | stream set | streams | neutralised dimensions |", "|---|---|---|---|---|"]
     for run in runs:
         model, stream_set = split_run(run)
         if run in (variants or {}):  # an experiment: its own fusion model and stream set
             model, stream_set = variants[run]["model"], variants[run]["stream_set"]
-        streams = next((r.get("streams") for r in rows if r["model"] == run), None)
-        lines.append(f"| {run} | {model} | {stream_set} | {_streams_text(streams)} |")
+        mine = [r for r in rows if r["model"] == run]
+        streams = next((r.get("streams") for r in mine), None)
+        lines.append(f"| {run} | {model} | {stream_set} | {_streams_text(streams)} | {_neutralised(mine)} |")
     by_model: dict[str, list[str]] = {}
     for run in runs:
         by_model.setdefault(split_run(run)[0], []).append(run)
@@ -125,23 +151,12 @@ def stream_set_markdown(rows: list[dict], variants: dict[str, dict] | None = Non
     return lines
 
 
-def missing_audio_markdown(rows: list[dict]) -> list[str]:
-    """Praveen & Alam's missing-audio test: CCC per target, mean over folds."""
-    lines = []
-    models = sorted({r["model"] for r in rows})
-    fill = missing_audio_fill(rows) if missing_audio_patterns(rows) else None
-    for pattern in missing_audio_patterns(rows):
-        for scope, scope_name in MISSING_SCOPES:
-            shares = missing_audio_curve(rows, models[0], pattern, scope, "valence")[0]
-            lines += ["", f"## Missing audio ({pattern} frames dropped, given {fill}), {scope_name}: "
-                          "CCC valence / arousal, mean over folds and seeds", "",
-                      "| model | " + " | ".join(f"{s * 100:.0f} %" for s in shares) + " |",
-                      "|---|" + "---|" * len(shares)]
-            for m in models:
-                curves = [missing_audio_curve(rows, m, pattern, scope, t)[1] for t in TARGETS]
-                cells = [f"{fmt(v)} / {fmt(a)}" for v, a in zip(*curves)]
-                lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return lines
+def _cell(text: str) -> str:
+    """A table cell; one that starts with ALARM (already escaped) in red."""
+    alarm = html.escape(ALARM)
+    if text.startswith(alarm):
+        return f"<td class='alarm'>{text[len(alarm):]}</td>"
+    return f"<td>{text}</td>"
 
 
 def markdown_to_html(markdown: str) -> str:
@@ -153,7 +168,7 @@ def markdown_to_html(markdown: str) -> str:
             head, *body = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in table
                            if not set(line.replace("|", "").strip()) <= set("-: ")]
             out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>"
-                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in body)
+                       + "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in body)
                        + "</table>")
             table.clear()
 
@@ -165,6 +180,8 @@ def markdown_to_html(markdown: str) -> str:
         if line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             out.append(f"<h{level + 1}>{html.escape(line.lstrip('#').strip())}</h{level + 1}>")
+        elif line.startswith(ALARM):
+            out.append(f"<p class='alarm'>{html.escape(line[len(ALARM):])}</p>")
         elif line.strip():
             out.append(f"<p>{html.escape(line)}</p>")
     close_table()
@@ -318,39 +335,60 @@ def figure_title(path: str | Path) -> str:
 
 
 def comparison(rows: list[dict], prediction_files: list[str | Path], videos: dict[str, str],
-               compare: dict | None = None) -> Bootstrap:
+               compare: dict | None = None, subjects: dict[str, str] | None = None) -> Bootstrap:
     """The paired bootstrap over every model's validation predictions (``prediction_files``
-    parallel to ``rows``' metrics files)."""
+    parallel to ``rows``' metrics files), resampling videos, or with ``subjects`` (a subject
+    map) subjects with their videos (``folds.resampling_units``)."""
     compare = compare or {}
     files: dict[str, list[tuple[int, Path]]] = {}
     for r, path in zip(rows, prediction_files, strict=True):
         files.setdefault(r["model"], []).append((r.get("seed", 0), Path(path)))
-    return Bootstrap({m: load_predictions(f) for m, f in files.items()}, videos,
+    return Bootstrap({m: load_predictions(f) for m, f in files.items()}, resampling_units(videos, subjects),
                      n_resamples=compare.get("resamples", 10000), confidence=compare.get("confidence", 0.95),
-                     seed=compare.get("seed", 0))
+                     seed=compare.get("seed", 0), method=compare.get("method", "expanded"))
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
+         "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #bbb;padding:2px 8px;"
+         "text-align:right}td:first-child,th:first-child{text-align:left}.alarm{color:#c00;font-weight:bold}")
 
 
 def write_reports(metrics_files: list[str | Path], out: dict[str, str | Path], *,
                   predictions: list[str | Path] = (), videos: dict[str, str] | None = None,
+                  subjects: dict[str, str] | None = None,
                   variants: dict[str, dict] | None = None, compare: dict | None = None,
                   figures: list[str | Path] = (), missing_audio_figures: list[str | Path] = (),
                   weights: dict[str, str | None] | None = None, config: dict | None = None,
                   counts: dict[str, int] | None = None) -> None:
     """``out``: paths for "ccc" (CSV), "summary" (Markdown), "ccc_per_fold" (PNG), "html",
-    "provenance" (rst) and "config" (the effective configuration, YAML). ``figures``: the
-    per-model figure files, embedded in the HTML after the summary;
-    ``missing_audio_figures``: one per pattern. ``predictions``: each metrics file's
-    val_predictions.h5 (same order), ``videos``: trial -> video; with both, the report has
-    the bootstrap intervals and paired tests (``vafusion.learning.comparisons``)."""
+    "provenance" (rst) and "config" (the effective configuration, YAML), and, with the
+    bootstrap, "ccc_forest" and "ccc_differences" (PNG). ``figures``: the per-model figure
+    files, embedded in the HTML after the summary; ``missing_audio_figures``: one per
+    pattern. ``predictions``: each metrics file's val_predictions.h5 (same order),
+    ``videos``: trial -> video, ``subjects``: trial -> subject (learning.fold_groups, or
+    None); with predictions and videos, the report has the bootstrap intervals and paired
+    tests (``vafusion.learning.comparisons``)."""
     read = [read_metrics(p) for p in metrics_files]
-    boot = None
-    if predictions:
-        boot = comparison(read, predictions, videos or {}, compare)
+    boot, missing_boots = None, {}
+    unit = "subjects" if subjects else "videos"
     rows = sorted(read, key=lambda r: (r["model"], r.get("seed", 0), r["fold"]))
+    if predictions:
+        boot = comparison(read, predictions, videos or {}, compare, subjects)
+        units = resampling_units(videos or {}, subjects)
+        missing_boots = {p: missing_audio_bootstrap(rows, p, units, compare) for p in missing_audio_patterns(rows)}
     write_ccc_csv(rows, out["ccc"])
-    markdown = summary_markdown(rows, boot, variants)
+    markdown = summary_markdown(rows, boot, variants, missing_boots, unit)
     Path(out["summary"]).write_text(markdown)
     plot_ccc_per_fold(rows, out["ccc_per_fold"])
+    pictures = []
+    if boot is not None:
+        runs = sorted({r["model"] for r in rows})
+        for key, title, draw in (("ccc_forest", "Pooled CCC of every model with its interval", plot_forest),
+                                 ("ccc_differences", "Every pair of models: the paired difference",
+                                  plot_difference_matrix)):
+            if key in out:
+                draw(boot, runs, out[key], **({"optimistic": optimistic_runs(rows)} if draw is plot_forest else {}))
+                pictures.append((title, out[key]))
     items = provenance(weights or {}, config or {}, counts or {}, rows)
     Path(out["provenance"]).write_text(provenance_rst(items))
     Path(out["config"]).write_text(yaml.safe_dump(config or {}, sort_keys=False))
@@ -358,12 +396,13 @@ def write_reports(metrics_files: list[str | Path], out: dict[str, str | Path], *
     shown += [(f"Missing audio, {Path(p).stem.removeprefix('missing_audio_')} frames: RJCA vs RJCA + IACA "
                "(Praveen & Alam, Fig. 3)", p) for p in missing_audio_figures]
     shown += [(figure_title(p), p) for p in figures]
-    body = [f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,"
-            f"{base64.b64encode(Path(path).read_bytes()).decode()}'>" for title, path in shown]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>vafusion report</title>"
-            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
-            "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #bbb;padding:2px 8px;"
-            "text-align:right}td:first-child,th:first-child{text-align:left}</style></head>"
-            "<body><h1>vafusion: valence/arousal validation report</h1>" + provenance_html(items)
-            + markdown_to_html(markdown) + "".join(body) + "</body></html>")
+            f"<style>{STYLE}</style></head><body><h1>vafusion: valence/arousal validation report</h1>"
+            + provenance_html(items) + "".join(_figure(title, path) for title, path in pictures)
+            + markdown_to_html(markdown) + "".join(_figure(title, path) for title, path in shown) + "</body></html>")
     Path(out["html"]).write_text(page)
+
+
+def _figure(title: str, path: str | Path) -> str:
+    return (f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,"
+            f"{base64.b64encode(Path(path).read_bytes()).decode()}'>")
