@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from vafusion.io import DiskFullError, atomic_output, format_size
+from vafusion.io import DiskFullError, atomic_output, file_system, format_size
 from vafusion.jobs import job_logging
 
 LEARNING = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["learning"]
@@ -228,9 +228,15 @@ def test_no_inode_left_for_the_temporary_file(small_fs):
 
 def test_other_failures_keep_their_own_error(tmp_path, small_fs, caplog):
     """Bad input is not a full disk: same exception, same message, on a small file system
-    with room as on the usual one."""
+    with room, on a nearly full one (the error chain says nothing of the disk) and on the
+    usual one."""
     disk = small_fs(1 * MiB)
-    for folder in (tmp_path, disk):
+    nearly_full = small_fs(256 * 1024)
+    fill_up(nearly_full)
+    filler = nearly_full / "filler_up"
+    os.truncate(filler, filler.stat().st_size - 8 * 1024)  # 8 KiB free: "full" by the file system check alone
+    assert file_system(nearly_full).full
+    for folder in (tmp_path, disk, nearly_full):
         out = folder / "labels.h5"
         with pytest.raises(ValueError, match="^bad.txt line 3: valence 7.0 is outside") as caught:
             with job_logging(None, "read_annotation bad", outputs=[out]), atomic_output(out) as tmp:

@@ -5,10 +5,12 @@ Libraries report a full disk in their own ways: ``OSError`` errno 28 (Python's f
 matplotlib/PIL), "errno = 28 ... No space left on device" inside h5py's message, "No space
 left on device" in ffmpeg's stderr, and nothing recognisable at all from ``torch.save``
 ("[enforce fail at inline_container.cc:672] . unexpected pos 4183424 vs 4183312",
-"basic_ios::clear: iostream error"). ``disk_full_error`` therefore looks both at the error
-chain and at the file system that holds the output (``os.statvfs``), and turns either
-sign into one ``DiskFullError`` that names the output, the file system's mount point and
-its free space. ``atomic_output`` applies it at the moment a write fails (before its
+"basic_ios::clear: iostream error"). ``disk_full_error`` therefore calls an error a full disk when
+its chain says so (errno ENOSPC/EDQUOT, or their texts), or when it is one of the known
+errno-losing write failures (torch's C++ stream) and the file system that holds the output
+is full (``os.statvfs``); any other error, a ValueError on a nearly full disk included,
+keeps its own message. A full disk becomes one ``DiskFullError`` that names the output, the
+file system's mount point and its free space. ``atomic_output`` applies it at the moment a write fails (before its
 partial file is removed and the space comes back); ``vafusion.jobs.job_logging`` applies it
 to the job's outputs for writers that do not go through ``atomic_output``.
 """
@@ -38,6 +40,8 @@ _NO_SPACE_TEXT = re.compile(
     rf"no space left on device|disk quota exceeded|\bENOSPC\b|\bEDQUOT\b"
     rf"|errno\s*=\s*({errno.ENOSPC}|{errno.EDQUOT})\b|\[Errno ({errno.ENOSPC}|{errno.EDQUOT})\]",
     re.IGNORECASE)
+# write failures that lose the errno: torch.save given a path (a C++ stream)
+_ERRNO_LOST_TEXT = re.compile(r"inline_container\.cc.*unexpected pos|basic_ios::clear: iostream error", re.IGNORECASE)
 _QUOTA_TEXT = re.compile(rf"disk quota exceeded|\bEDQUOT\b|errno\s*=\s*{errno.EDQUOT}\b|\[Errno {errno.EDQUOT}\]",
                          re.IGNORECASE)
 
@@ -92,7 +96,9 @@ def disk_full_error(err: BaseException, outputs: Iterable[str | os.PathLike] = (
     """A ``DiskFullError`` explaining ``err`` when the disk is the cause, else None.
 
     The disk is the cause when the error chain says so (errno ENOSPC/EDQUOT, or their usual
-    texts in a library's message) or when the file system of one of ``outputs`` is full.
+    texts in a library's message), or when the chain is a write failure known to lose the
+    errno (``_ERRNO_LOST_TEXT``) and the file system of one of ``outputs`` is full. Any other
+    error is not called a full disk, however little space is left.
     The message names those outputs, the mount point and its free space, and ends with the
     original error (kept as the cause by the callers). ``partial``: the temporary file that
     was being written, whose size tells how far the write got.
@@ -102,6 +108,8 @@ def disk_full_error(err: BaseException, outputs: Iterable[str | os.PathLike] = (
         if isinstance(e, DiskFullError):
             return e if e is err else DiskFullError(e.message, e.path, e.mount, e.free, e.total)
     evidence = next((e for e in chain if _says_no_space(e)), None)
+    if evidence is None and not any(_ERRNO_LOST_TEXT.search(_text(e)) for e in chain):
+        return None  # nothing says the disk: the error keeps its own message
     outputs = [str(p) for p in outputs]
     failed = [str(e.filename) for e in chain if isinstance(e, OSError) and e.filename] if evidence else []
     systems = {}
