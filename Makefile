@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-requirements
 SNAKEMAKE := $(VENV)/bin/snakemake
 CORES ?= all
 
-.PHONY: setup demo run test test-envs bench bench-learning bench-missing-audio clean
+.PHONY: setup demo run test test-envs bench bench-learning bench-missing-audio bench-bootstrap clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,11 @@ bench: setup
 
 bench-learning: demo
 	$(VENV)/bin/python benchmarks/bench_learning.py
+
+# Coverage and null rejection of the bootstrap's intervals per method and number of videos
+# (about 15 minutes on 2 cores; docs/benchmarks.md, Bootstrap intervals).
+bench-bootstrap: setup
+	$(VENV)/bin/python benchmarks/bench_bootstrap.py
 
 # Needs a finished `make run`: the missing-audio curves under both fills, and the scattered
 # pattern's context leak measured against audio dropped in the waveform.

@@ -16,6 +16,12 @@ two-person video (``_left``/``_right`` trials), ``-5`` rows (both targets, and o
 alone), ``cropped_aligned`` folders with missing frames (a leading gap and a middle gap),
 a trial without a ``cropped_aligned`` folder (its faces must be detected), a video without
 an audio stream, and videos in nested folders.
+
+With 11 clips, recordings repeat across partitions: the validation trials grid_sbwe5n,
+grid_sbia1a and grid_bbaf2n_take2 and both test trials reuse recordings of the training
+partition (other container, frame rate, crop and synthetic curves). The folds separate
+videos, not recordings or speakers: the demo shows the pipeline working, not generalisation
+to unseen people (README, The demo dataset).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
