@@ -754,3 +754,17 @@ def test_bf16_training_that_disagrees_with_float32_falls_back_and_records_it(tmp
     assert broken["training_precision"].startswith("float32 (bfloat16 autocast DISAGREES")
     assert "MiscomputedLinear (512 -> 128)" in caplog.text
     assert broken["ccc_mean"] == exact["ccc_mean"]  # it trained in float32 throughout
+
+
+def test_an_iaca_model_saved_before_the_unit_norm_gate_is_refused_not_misread(tmp_path):
+    """Its gate weights were trained on unnormalised features: loaded into today's gate they
+    would weigh the candidates differently, silently. It is refused with what to do."""
+    paths, fold = synthetic_dataset(tmp_path)
+    train_fold("jca_iaca", HP, fold, paths, tmp_path / "run", config(max_epochs=1), device="cpu")
+    saved = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    load_model(tmp_path / "run" / "model.pt", torch.device("cpu"))  # today's loads
+    saved["hparams"] = {k: v for k, v in saved["hparams"].items() if k != "iaca_temperature_av"}
+    torch.save(saved, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="old.pt: an IACA model trained before its gates read unit-norm features.*"
+                                         "retrain it"):
+        load_model(tmp_path / "old.pt", torch.device("cpu"))
