@@ -509,7 +509,7 @@ def stream_frames(paths: dict, names: list[str], stream: str) -> np.ndarray:
 
 def test_inner_selection_trains_on_the_rest_picks_on_held_out_groups_and_measures_the_optimism(tmp_path, caplog):
     paths, fold = inner_dataset(tmp_path)
-    cfg = config(seed=1, selection="inner", inner_share=0.4, lr=0.05, max_epochs=12, patience=3)
+    cfg = config(seed=1, selection="inner", inner_share=0.4, lr=0.05, max_epochs=12, patience=3, refit=False)
     inner = inner_split(fold, cfg)
     rest = [t for t in fold["train"] if t not in inner]
     assert len([g for g in fold["train_groups"] if set(g) <= set(inner)]) == 2  # round(0.4 * 5) whole groups
@@ -574,7 +574,7 @@ def test_inner_selection_trains_on_the_rest_picks_on_held_out_groups_and_measure
 
 def test_inner_selection_without_an_annotated_inner_frame_or_without_training_groups_stops(tmp_path):
     paths, fold = inner_dataset(tmp_path)
-    cfg = config(selection="inner", inner_share=0.4)
+    cfg = config(selection="inner", inner_share=0.4, refit=False)
     inner = inner_split(fold, cfg)
     unannotate(paths, inner, ("valence", "arousal"))
     with pytest.raises(ValueError, match=rf"ca fold 0 cannot be scored: its inner selection trials "

@@ -159,21 +159,24 @@ def test_learning_outputs_and_reports(demo_run):
     assert len(rows) == 1 + len(models) * n_folds * len(learning["seeds"])
     summary = (results / "reports" / "summary.md").read_text()
     # the comparisons: each model's pooled CCC with its interval, every pair, the experiment
-    # against the model it varies, the ensemble against its best member, the selection optimism
+    # against the model it varies, the ensemble against its best member, the oracle-epoch gap, the refit,
+    # the IACA gate's diagnostics
     assert "Epoch selection: epochs selected on an inner split" in summary
     assert "## Pooled CCC with 95% bootstrap intervals, best first" in summary
     assert summary.count("| valence |") >= len(models) * (len(models) - 1) // 2  # one row per pair and target
     experiment = next(iter(learning["experiments"]))
     assert f"| {experiment} | train.lr=0.002 |" in summary and "| tcn_transformer | " in summary
     assert "| late_fusion | tcn_transformer, rjca_iaca | ccc |" in summary
-    assert "## Selection optimism" in summary
+    assert "## Oracle-epoch gap" in summary and "## Refit after selection" in summary
+    assert "## Gate diagnostics (IACA stage 2: audio, visual, joint)" in summary and "| rjca_iaca | 0 |" in summary
     patterns = config["learning"]["train"]["missing_audio"]["patterns"]
     assert all(f"| {m} |" in summary for m in models)
     for pattern in patterns:  # one table per pattern and scope: all validation trials, the longest one
         assert summary.count(f"## Missing audio ({pattern} frames dropped, given zeros at the audio networks' input)") == 2
     page = (results / "reports" / "report.html").read_text()
     iaca = [m for m in runs if m.endswith("_iaca")]  # + their two gate figures
-    assert page.count("data:image/png;base64,") == 1 + len(patterns) + 4 * len(runs) + 2 * len(iaca)
+    # the forest plot and the difference matrix, CCC per fold, the missing-audio curves, the models' figures
+    assert page.count("data:image/png;base64,") == 3 + len(patterns) + 4 * len(runs) + 2 * len(iaca)
     for model in runs:  # CCC per validation trial: each trial once, in the fold that validates it
         with open(results / "reports" / model / "ccc_per_trial.csv", newline="") as fh:
             per_trial = list(csv.DictReader(fh))
@@ -192,6 +195,9 @@ def test_learning_outputs_and_reports(demo_run):
         metrics = json.loads((results / "models" / model / "seed0" / "fold0" / "metrics.json").read_text())
         assert metrics["selection"] == "inner" and set(metrics["inner_trials"]).isdisjoint(
             folds["folds"][0]["validation"])
+        # refitted (config.yaml's default) on every training trial for the inner split's epoch count
+        assert metrics["refit"]["epochs"] == metrics["best_epoch"]
+        assert metrics["n_train_trials"] == len(folds["folds"][0]["train"])
         shares = {f"{s:g}" for s in config["learning"]["train"]["missing_audio"]["shares"]}
         for pattern in patterns:
             for scope in ("all_trials", "longest_trial"):

@@ -1,7 +1,7 @@
 """The report's comparisons as pictures, drawn from the paired bootstrap
 (``vafusion.learning.bootstrap``): a forest plot of every run's pooled CCC with its interval
-per target, and the pairwise differences as a matrix (colour: the difference, row minus
-column; framed: resolved, the interval excludes 0)."""
+per target, and the pairwise differences of the mean CCC as a matrix (colour: the
+difference, row minus column; framed: resolved, the interval excludes 0)."""
 
 from __future__ import annotations
 
@@ -56,38 +56,36 @@ def plot_forest(boot: Bootstrap, runs: list[str], path: str | Path, optimistic: 
     save(fig, path)
 
 
-def plot_difference_matrix(boot: Bootstrap, runs: list[str], path: str | Path) -> None:
-    """Row minus column, pooled CCC, per target; a resolved difference is framed (and its
-    number, shown up to 12 runs, bold)."""
+def plot_difference_matrix(boot: Bootstrap, runs: list[str], path: str | Path, target: str = "mean") -> None:
+    """Row minus column, pooled CCC of ``target`` (the mean of valence and arousal; the
+    summary's pair table has each target); a resolved difference is framed, and its number
+    (shown up to 16 runs) bold."""
     order = ranked(boot, runs)
     n = len(order)
-    fig, axes = plt.subplots(1, 3, figsize=(4.2 * 3 + 1.5, 0.42 * n + 2.2))
-    values = {t: np.full((n, n), np.nan) for t in TARGETS}
-    resolved = {t: np.zeros((n, n), bool) for t in TARGETS}
-    for t in TARGETS:
-        for i, a in enumerate(order):
-            for j, b in enumerate(order):
-                if i != j:
-                    d = boot.difference(a, b, t)
-                    values[t][i, j], resolved[t][i, j] = d.estimate, d.resolved
-    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()])
+    values, resolved = np.full((n, n), np.nan), np.zeros((n, n), bool)
+    for i, a in enumerate(order):
+        for j, b in enumerate(order):
+            if i != j:
+                d = boot.difference(a, b, target)
+                values[i, j], resolved[i, j] = d.estimate, d.resolved
+    finite = values[np.isfinite(values)]
     limit = float(np.max(np.abs(finite))) if finite.size else 1.0
-    for ax, t in zip(axes, TARGETS):
-        image = ax.imshow(values[t], cmap="RdBu", vmin=-limit, vmax=limit)
-        for i, j in zip(*np.nonzero(resolved[t])):  # resolved: a black frame around the cell
-            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
-        if n <= 12:  # the numbers fit
-            for i in range(n):
-                for j in range(n):
-                    if i != j and np.isfinite(values[t][i, j]):
-                        strong = abs(values[t][i, j]) > 0.6 * limit
-                        ax.text(j, i, f"{values[t][i, j]:+.2f}".replace("0.", "."), ha="center", va="center",
-                                fontsize=6.5, color="white" if strong else "black",
-                                fontweight="bold" if resolved[t][i, j] else "normal")
-        ax.set_xticks(range(n), order, rotation=60, ha="right", fontsize=7)
-        ax.set_yticks(range(n), order if ax is axes[0] else [""] * n, fontsize=7)
-        ax.set_title(f"{t}: row - column", fontsize=10)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="difference of pooled CCC")
-    fig.suptitle("Paired differences of pooled CCC (blue: the row model is better); framed and bold: resolved "
-                 "(its interval excludes 0)", fontsize=10)
+    side = 0.55 * n + 2.5
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit)
+    for i, j in zip(*np.nonzero(resolved)):  # resolved: a black frame around the cell
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.8))
+    if n <= 16:  # the numbers fit
+        for i in range(n):
+            for j in range(n):
+                if i != j and np.isfinite(values[i, j]):
+                    ax.text(j, i, f"{values[i, j]:+.2f}".replace("0.", "."), ha="center", va="center", fontsize=7,
+                            color="white" if abs(values[i, j]) > 0.6 * limit else "black",
+                            fontweight="bold" if resolved[i, j] else "normal")
+    ax.set_xticks(range(n), order, rotation=50, ha="right", fontsize=8)
+    ax.set_yticks(range(n), order, fontsize=8)
+    fig.colorbar(image, ax=ax, shrink=0.7, label=f"difference of pooled CCC ({target})")
+    ax.set_title(f"Paired differences, {target} CCC: row minus column (blue: the row model is better);\n"
+                 "framed and bold: resolved (its interval excludes 0, before Holm's adjustment)", fontsize=9)
+    fig.tight_layout()
     save(fig, path)

@@ -420,14 +420,15 @@ def missing_audio_markdown(rows: list[dict], fill: str, boots: dict[str, Bootstr
     lines = []
     rows = [r for r in rows if "ensemble" not in r]
     models = sorted({r["model"] for r in rows})
+    for m in models:
+        constant, total = constant_gates(rows, m)
+        if constant:
+            lines += ["", f"{ALARM}{m}'s gate is constant in {constant} of {total} trainings: in those its "
+                          "missing-audio curve shows a gate that keeps one weighting whatever the audio, not robustness "
+                          "to losing it (Gate diagnostics above)."]
     for pattern in missing_audio_patterns(rows):
         boot = boots.get(pattern)
         shares = missing_audio_curve(rows, models[0], pattern, "all_trials", "valence")[0]
-        for base, gated in iaca_pairs(models):
-            constant, total = constant_gates(rows, gated)
-            if constant:
-                lines += ["", f"{ALARM}{gated}'s gate is constant in {constant} of {total} trainings: its missing-audio "
-                              "curve shows a gate that ignores the audio, not robustness to losing it."]
         for scope, scope_name in MISSING_SCOPES:
             pooled = boot is not None and scope == "all_trials"
             lines += ["", f"## Missing audio ({pattern} frames dropped, given {fill}), {scope_name}: CCC valence / "

@@ -62,16 +62,17 @@ def plot_ccc_per_fold(rows: list[dict], path: str | Path) -> None:
 
 def plot_missing_audio(rows: list[dict], pattern: str, path: str | Path, boot=None) -> None:
     """CCC per target against the share of dropped audio frames, over all validation
-    trials (top: the pooled CCC, with its interval shaded when ``boot``, the bootstrap over
-    the curves' points of ``comparisons.missing_audio_bootstrap``, is given; else the mean
-    over folds) and the longest one (bottom, the paper's one-video variant, mean over folds);
+    trials (top: the pooled CCC, with RJCA's and RJCA + IACA's intervals shaded when
+    ``boot``, the bootstrap over the curves' points of ``comparisons.missing_audio_bootstrap``,
+    is given; else the mean over folds) and the longest one (bottom, the paper's one-video variant, mean over folds);
     the paper's comparison, RJCA against RJCA + IACA, in bold. An IACA model whose gate is
     constant in some trainings says so in its legend entry."""
     from vafusion.learning.comparisons import constant_gates, curve_point
 
     models = sorted({r["model"] for r in rows if pattern in r.get("missing_audio", {})})
     fig, axes = plt.subplots(2, 2, figsize=(12, 7.5), sharex=True)
-    colors = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    palette = plt.cm.tab10 if len(models) <= 10 else plt.cm.tab20
+    colors = {m: palette(i % palette.N) for i, m in enumerate(models)}
     for row, (scope, scope_name) in enumerate(MISSING_SCOPES):
         pooled = boot is not None and scope == "all_trials"
         for col, target in enumerate(TARGETS):
@@ -85,13 +86,14 @@ def plot_missing_audio(rows: list[dict], pattern: str, path: str | Path, boot=No
                 if pooled:
                     scores = [boot.score(curve_point(m, s), target) for s in shares]
                     values = [e.estimate for e in scores]
-                    ax.fill_between(x, [e.low for e in scores], [e.high for e in scores], color=colors[m],
-                                    alpha=0.18 if paper else 0.07, linewidth=0)
+                    if paper:  # the paper's pair with its intervals; the others' are in the summary's table
+                        ax.fill_between(x, [e.low for e in scores], [e.high for e in scores], color=colors[m],
+                                        alpha=0.18, linewidth=0)
                 ax.plot(x, values, marker="o", color=colors[m], label=label,
                         linewidth=2.5 if paper else 1.0, alpha=1.0 if paper else 0.6,
                         linestyle="--" if constant else "-")
             ax.set_title(f"{target}, {scope_name}", fontsize=10)
-            ax.set_ylabel("pooled CCC, interval shaded" if pooled else "CCC (mean over folds)")
+            ax.set_ylabel("pooled CCC (RJCA's intervals shaded)" if pooled else "CCC (mean over folds)")
             ax.axhline(0, color="black", linewidth=0.5)
     for ax in axes[1]:
         ax.set_xlabel(f"audio frames dropped ({pattern}), %")
