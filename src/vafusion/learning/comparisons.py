@@ -199,8 +199,9 @@ def iaca_markdown(rows: list[dict], boot: Bootstrap | None) -> list[str]:
         constant, total = constant_gates(rows, gated)
         if constant:
             lines += [f"{ALARM}{gated}: the gate is constant in {constant} of {total} trainings (one candidate on "
-                      "almost every frame; Gate diagnostics below): there IACA is a fixed choice of one candidate, "
-                      "and its row says nothing about inconsistency-aware gating.", ""]
+                      "almost every frame; Gate diagnostics below): in those, IACA is a fixed weighting of its "
+                      "candidates, not inconsistency-aware gating"
+                      + (", so this row says little about the gate." if 2 * constant > total else "."), ""]
     lines += ["| attention | target | without IACA | with IACA | with - without [interval] | p | resolved | "
               "Δ (% of without) | over folds: without / with |",
               "|---|---|---|---|---|---|---|---|---|"]
