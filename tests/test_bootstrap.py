@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vafusion.learning.bootstrap import (TARGETS, Bootstrap, Estimate, RunPredictions, ccc_from_sums, ccc_gradient,
-                                         holm, load_predictions, resample_counts, small_cluster_factor, verdict,
-                                         video_index)
+from vafusion.learning.bootstrap import (TARGETS, Bootstrap, Estimate, holm, resample_counts, small_cluster_factor,
+                                         verdict, video_index)
+from vafusion.learning.unit_stats import RunPredictions, ccc_from_sums, ccc_gradient, load_predictions
 
 
 # --- a generative process with per-video correlation ---------------------------------------------
@@ -566,7 +566,7 @@ def test_the_seed_spread_of_a_difference_and_its_flag():
 def test_statistics_in_place_of_predictions_give_the_same_bootstrap():
     """A run given as per-(seed, trial) sufficient statistics (the missing-audio curve's
     points) is bootstrapped exactly like the same run given as predictions."""
-    from vafusion.learning.bootstrap import trial_stats
+    from vafusion.learning.unit_stats import trial_stats
 
     runs, videos = as_runs(simulate(QUALITY, np.random.default_rng(5), n_videos=10))
     as_stats = {name: {k: trial_stats(*v) for k, v in run.items()} for name, run in runs.items()}

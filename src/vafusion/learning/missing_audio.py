@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 
-from vafusion.learning.bootstrap import trial_stats
+from vafusion.learning.unit_stats import trial_stats
 from vafusion.learning.data import Normalizer, StoredTrial, TrialData
 from vafusion.learning.predict import evaluate, fold_ccc
 from vafusion.learning.settings import TrainConfig
@@ -55,7 +55,7 @@ def missing_audio_scores(model, val: list[StoredTrial], normalizer: Normalizer, 
     one-video variant).
 
     ``trial_stats``: per pattern and share, every validation trial's sufficient statistics
-    (``vafusion.learning.bootstrap.trial_stats``), for intervals on the curve.
+    (``vafusion.learning.unit_stats.trial_stats``), for intervals on the curve.
 
     For a model with an IACA gate also: the mean stage-2 gate weights (G_av0..2: audio,
     visual, joint) on the dropped and on the kept frames of all validation trials, per

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from vafusion.learning.bootstrap import Bootstrap, load_predictions
+from vafusion.learning.bootstrap import Bootstrap
 from vafusion.learning.comparison_figures import plot_difference_matrix, plot_forest
 from vafusion.learning.comparisons import (ALARM, ensembles_markdown, experiments_markdown, fmt, gates_markdown,
                                            iaca_markdown, missing_audio_bootstrap, missing_audio_markdown,
@@ -28,6 +28,7 @@ from vafusion.learning.folds import resampling_units
 from vafusion.learning.results import (FILL_NAMES, TARGETS, missing_audio_fill, missing_audio_patterns, read_metrics,
                                       stats, unscored)
 from vafusion.learning.streams import DEFAULT_SET, split_run
+from vafusion.learning.unit_stats import load_predictions
 from vafusion.weights import RANDOM_INIT, sha256sum
 
 COLUMNS = ("model", "seed", "fold", "ccc_valence", "ccc_arousal", "ccc_mean")
