@@ -20,7 +20,6 @@ from vafusion.learning.missing_audio import drop_audio, missing_frames
 from vafusion.learning.predict import fold_ccc, load_model, predict_trial
 from vafusion.learning.settings import TrainConfig
 from vafusion.learning.train import train_fold
-from vafusion.models import build_fusion_model
 from vafusion.models.iaca import IacaGate
 
 DIMS = {"iresnet50": 512, "vggish": 128, "mfcc": 39}

@@ -24,6 +24,7 @@ from vafusion.models.tcn_transformer import sinusoidal_positions
 
 LEARNING = yaml.safe_load((Path(__file__).parents[1] / "config.yaml").read_text())["learning"]
 DIMS = {"iresnet50": 512, "vggish": 128, "mfcc": 39}
+STREAMS = {"audio": ["vggish", "mfcc"], "visual": ["iresnet50"]}  # the default stream set, by modality
 
 
 @pytest.fixture(autouse=True)
@@ -201,7 +202,7 @@ def test_iaca_gates_do_not_start_one_hot_at_the_configured_sizes(name, preset):
     torch.manual_seed(8)
     learning = configured_learning(preset)
     window = min(learning["train"]["window"], 128)  # the share does not depend on the length
-    model = build_fusion_model(name, DIMS, learning["cross_attention"], window=window).eval()
+    model = build_fusion_model(name, DIMS, learning["cross_attention"], window=window, streams=STREAMS).eval()
     streams = {k: torch.randn(4, window, d) for k, d in DIMS.items()}
     for init in ("configured", "xavier"):
         if init == "xavier":
@@ -222,7 +223,8 @@ def test_iaca_gates_the_cross_attentions_own_input(attention):
     """Eq. 7-8's X_m is what the cross-attention attended over: for RJCA its BLSTM outputs,
     for CA and TCA the projected features with their clip context."""
     torch.manual_seed(6)
-    model = build_fusion_model(f"{attention}_iaca", DIMS, LEARNING["cross_attention"], window=11).eval()
+    model = build_fusion_model(f"{attention}_iaca", DIMS, LEARNING["cross_attention"], window=11,
+                               streams=STREAMS).eval()
     seen = {}
     model.gate.register_forward_hook(lambda mod, args, out: seen.update(args=args))
     streams = {k: torch.randn(2, 11, d) for k, d in DIMS.items()}
@@ -239,9 +241,9 @@ def test_iaca_gates_the_cross_attentions_own_input(attention):
 
 def test_rjca_has_the_joint_blstm_with_and_without_iaca():
     for name in ("rjca", "rjca_iaca"):
-        model = build_fusion_model(name, DIMS, LEARNING["cross_attention"], window=9)
+        model = build_fusion_model(name, DIMS, LEARNING["cross_attention"], window=9, streams=STREAMS)
         assert isinstance(model, AudioVisualFusion) and isinstance(model.fused_lstm, BiLstm)
-    assert build_fusion_model("jca", DIMS, LEARNING["cross_attention"], window=9).fused_lstm is None
+    assert build_fusion_model("jca", DIMS, LEARNING["cross_attention"], window=9, streams=STREAMS).fused_lstm is None
 
 
 # --- Yu et al.: head and positions ---------------------------------------------------------------
@@ -288,7 +290,7 @@ def test_transformer_input_is_eq_1_plus_positions():
     channels = {"iresnet50": (6, 6, 4), "vggish": (3, 5, 5), "mfcc": (5, 4, 4)}
     k, B, L = 3, 2, 20
     hp = {**LEARNING["tcn_transformer"], "tcn_channels": channels, "kernel_size": k, "d_model": 8, "n_heads": 2}
-    model = build_fusion_model("tcn_transformer", dims, hp, window=L).eval()
+    model = build_fusion_model("tcn_transformer", dims, hp, window=L, streams=STREAMS).eval()
     seen = {}
     model.encoder.register_forward_pre_hook(lambda mod, args: seen.update(inp=args[0]))
     streams = {name: torch.randn(B, L, dims[name]) for name in order}
@@ -339,7 +341,7 @@ def test_padding_never_changes_a_real_frame(name):
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(9)
     L = 30
-    model = build_fusion_model(name, DIMS, LEARNING[config_section(name)], window=L)
+    model = build_fusion_model(name, DIMS, LEARNING[config_section(name)], window=L, streams=STREAMS)
     streams = {k: torch.randn(3, L, d) for k, d in DIMS.items()}
     padding = torch.zeros(3, L, dtype=torch.bool)
     padding[1, 21:] = True
@@ -389,7 +391,8 @@ def test_presets_validate_and_build_their_models(preset):
     assert experiment_problems(config) == []  # its experiments and ensembles name real runs
     for run in learning["models"]:
         name = run.partition("@")[0]  # <model>@<stream set>
-        build_fusion_model(name, DIMS, learning[config_section(name)], window=learning["train"]["window"])
+        build_fusion_model(name, DIMS, learning[config_section(name)], window=learning["train"]["window"],
+                           streams=STREAMS)
 
 
 @pytest.mark.parametrize("section, change, key", [
@@ -405,7 +408,7 @@ def test_settings_that_cannot_build_a_model_are_reported_at_parse_time(section, 
     assert len(problems) == 1 and problems[0].startswith(f"{key}: 3 does not divide") and "train_model" in problems[0]
     model = "tcn_transformer" if section == "tcn_transformer" else "tca"
     with pytest.raises(AssertionError, match="divisible"):
-        build_fusion_model(model, DIMS, learning[section], window=LEARNING["train"]["window"])
+        build_fusion_model(model, DIMS, learning[section], window=LEARNING["train"]["window"], streams=STREAMS)
 
 
 def test_windows_that_skip_frames_are_reported():
@@ -494,7 +497,7 @@ def test_every_model_sees_frame_order(name):
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(5)
     L = 24
-    model = build_fusion_model(name, DIMS, LEARNING[config_section(name)], window=L).eval()
+    model = build_fusion_model(name, DIMS, LEARNING[config_section(name)], window=L, streams=STREAMS).eval()
     streams = {k: torch.randn(2, L, d) for k, d in DIMS.items()}
     order = torch.randperm(L)
     with torch.no_grad():
@@ -515,7 +518,7 @@ def test_without_clip_context_ca_and_tca_are_blind_to_frame_order(attention):
     order = torch.randperm(L)
     for frames, blind in ((1, True), (LEARNING["cross_attention"]["clip_frames"], False)):
         hp = {**LEARNING["cross_attention"], "clip_frames": frames}
-        model = build_fusion_model(attention, DIMS, hp, window=L).eval()
+        model = build_fusion_model(attention, DIMS, hp, window=L, streams=STREAMS).eval()
         with torch.no_grad():
             out = model(streams)
             permuted = model({k: v[:, order] for k, v in streams.items()})

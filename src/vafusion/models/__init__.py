@@ -23,14 +23,10 @@ def config_section(name: str) -> str:
 
 
 def build_fusion_model(name: str, dims: dict[str, int], hparams: dict, window: int,
-                       streams: dict[str, list[str]] | None = None) -> nn.Module:
+                       streams: dict[str, list[str]]) -> nn.Module:
     """A fusion model by name, from its config section, the training window length (JCA's
     W_c and the Transformer's positions are built for it) and the streams it fuses per
-    modality (``streams``: {"audio": [...], "visual": [...]}; None: every stream of ``dims``,
-    by its registry modality; ``dims``: each stream's width)."""
-    from vafusion.features.registry import by_modality
-
-    streams = by_modality(dims) if streams is None else streams
+    modality (``streams``: {"audio": [...], "visual": [...]}; ``dims``: each stream's width)."""
     from vafusion.models.av_fusion import AudioVisualFusion, AvFusionConfig
     from vafusion.models.tcn_transformer import TcnTransformer, TcnTransformerConfig
 
