@@ -201,3 +201,25 @@ def test_the_workflow_stops_at_planning_on_an_unknown_stream(demo_dataset, tmp_p
     assert proc.returncode != 0
     assert "learning.stream_sets.pretrained.visual: unknown stream 'action_units'" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.e2e
+def test_a_speech_model_folder_passes_planning_and_a_missing_path_does_not(demo_dataset, tmp_path):
+    """weights.wav2vec2 may be a Hugging Face model folder (README, Features): planning takes
+    a folder that exists (the extraction job reads it) and stops on a path that does not."""
+    path = write_config(tmp_path, demo_dataset)
+    config = yaml.safe_load(path.read_text())
+    config["learning"]["stream_sets"]["speech"] = {"audio": ["wav2vec2"], "visual": ["landmarks"]}
+    config["learning"]["models"] = ["jca@speech"]
+    config["learning"]["experiments"], config["learning"]["ensembles"] = {}, {}
+    (tmp_path / "hf model").mkdir()
+    config["weights"]["wav2vec2"] = str(tmp_path / "hf model")
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rule extract_wav2vec2:" in proc.stdout + proc.stderr
+    config["weights"]["wav2vec2"] = str(tmp_path / "no such model")
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0
+    assert f"weights.wav2vec2: '{tmp_path / 'no such model'}' does not exist" in proc.stdout + proc.stderr

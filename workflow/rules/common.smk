@@ -26,9 +26,9 @@ except DatasetError as err:
         hint = "\n(the demo dataset is built by `make demo`, which `make run` calls)"
     raise WorkflowError(f"{err}{hint}")
 
-for name, path in config["weights"].items():
-    if path is not None and not Path(path).is_file():
-        raise WorkflowError(f"weights.{name}: file '{path}' does not exist")
+for name, path in config["weights"].items():  # a file, or a folder (a Hugging Face speech model): the job reads it
+    if path is not None and not Path(path).exists():
+        raise WorkflowError(f"weights.{name}: '{path}' does not exist")
 if config["learning"]["fold_groups"] is not None:
     if not Path(config["learning"]["fold_groups"]).is_file():
         raise WorkflowError(f"learning.fold_groups: file '{config['learning']['fold_groups']}' does not exist")
