@@ -218,6 +218,13 @@ class Bootstrap:
         self._counts = resample_counts(n_units, n_resamples, np.random.default_rng(seed))
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
+    @classmethod
+    def configured(cls, runs: Mapping[str, Mapping], units: Mapping[str, str], compare: dict | None) -> "Bootstrap":
+        """With ``learning.compare``'s resamples, confidence, seed and method (None: the defaults)."""
+        compare = compare or {}
+        return cls(runs, units, n_resamples=compare.get("resamples", 10000), confidence=compare.get("confidence", 0.95),
+                   seed=compare.get("seed", 0), method=compare.get("method", "expanded"))
+
     # --- properties ----------------------------------------------------------------------------
 
     @property

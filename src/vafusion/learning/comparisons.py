@@ -13,6 +13,7 @@ difference smaller than the seed-to-seed spread is flagged: another seed could u
 from __future__ import annotations
 
 import math
+import statistics
 from itertools import combinations
 
 from vafusion.learning.bootstrap import LEVEL_HOLDS_FROM, Bootstrap, Estimate, holm
@@ -73,10 +74,7 @@ def seed_spread(rows: list[dict], model: str, column: str = "ccc_mean") -> float
         return math.nan
     means = [stats([r[column] for r in rows if r["model"] == model and r.get("seed", 0) == s])[0] for s in seeds]
     means = [m for m in means if not math.isnan(m)]
-    if len(means) < 2:
-        return math.nan
-    centre = sum(means) / len(means)
-    return math.sqrt(sum((m - centre) ** 2 for m in means) / (len(means) - 1))
+    return statistics.stdev(means) if len(means) > 1 else math.nan
 
 
 def optimistic_runs(rows: list[dict]) -> set[str]:
@@ -390,7 +388,6 @@ def missing_audio_bootstrap(rows: list[dict], pattern: str, units: dict[str, str
     of ``pattern``: one run per (model, share), named ``"<model> | <share>"``, from each
     training's per-trial sufficient statistics (``missing_audio.missing_audio_scores``).
     None when a training has none (trained before they were recorded)."""
-    compare = compare or {}
     runs: dict[str, dict] = {}
     for r in rows:
         record = (r.get("missing_audio") or {}).get(pattern)
@@ -403,9 +400,7 @@ def missing_audio_bootstrap(rows: list[dict], pattern: str, units: dict[str, str
                 runs.setdefault(curve_point(r["model"], share), {})[(r.get("seed", 0), trial)] = values
     if not runs:
         return None
-    return Bootstrap(runs, units, n_resamples=compare.get("resamples", 10000),
-                     confidence=compare.get("confidence", 0.95), seed=compare.get("seed", 0),
-                     method=compare.get("method", "expanded"))
+    return Bootstrap.configured(runs, units, compare)
 
 
 def curve_point(model: str, share: str | float) -> str:

@@ -132,16 +132,15 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
     """(model, its normaliser, its training settings, its smoothing in frames); the model's
     streams are ``model.fused_streams``."""
     saved = load_checkpoint(path, device)
-    if str(saved.get("fusion_model") or saved["model_name"]).partition("@")[0].endswith("_iaca") \
-            and "iaca_temperature_av" not in saved["hparams"]:
+    # one saved before named experiments was always its run's <model> part
+    architecture = saved.get("fusion_model") or split_run(saved["model_name"])[0]
+    if architecture.endswith("_iaca") and "iaca_temperature_av" not in saved["hparams"]:
         raise ValueError(f"{path}: an IACA model trained before its gates read unit-norm features (December 2026): "
                          "its gate weights mean something else now; retrain it (delete its models/ folder)")
     # a model.pt saved before inner selection picked its epoch on the validation fold and
     # never held out an inner share
     cfg = TrainConfig.from_dict({"selection": "validation", "inner_share": math.nan, **saved["train_config"]})
     streams = saved.get("streams", STREAMS_OF_OLDER_MODELS)
-    # one saved before named experiments was always its run's <model> part
-    architecture = saved.get("fusion_model") or split_run(saved["model_name"])[0]
     model = build_fusion_model(architecture, saved["dims"], saved["hparams"], window=cfg.window,
                                streams=streams).to(device)
     model.fused_streams = streams

@@ -335,18 +335,15 @@ def figure_title(path: str | Path) -> str:
     return f"{path.parent.name}: {MODEL_FIGURES.get(path.stem, path.stem)}"
 
 
-def comparison(rows: list[dict], prediction_files: list[str | Path], videos: dict[str, str],
-               compare: dict | None = None, subjects: dict[str, str] | None = None) -> Bootstrap:
+def comparison(rows: list[dict], prediction_files: list[str | Path], units: dict[str, str],
+               compare: dict | None = None) -> Bootstrap:
     """The paired bootstrap over every model's validation predictions (``prediction_files``
-    parallel to ``rows``' metrics files), resampling videos, or with ``subjects`` (a subject
-    map) subjects with their videos (``folds.resampling_units``)."""
-    compare = compare or {}
+    parallel to ``rows``' metrics files), resampling ``units`` (trial -> video, or subject
+    group: ``folds.resampling_units``)."""
     files: dict[str, list[tuple[int, Path]]] = {}
     for r, path in zip(rows, prediction_files, strict=True):
         files.setdefault(r["model"], []).append((r.get("seed", 0), Path(path)))
-    return Bootstrap({m: load_predictions(f) for m, f in files.items()}, resampling_units(videos, subjects),
-                     n_resamples=compare.get("resamples", 10000), confidence=compare.get("confidence", 0.95),
-                     seed=compare.get("seed", 0), method=compare.get("method", "expanded"))
+    return Bootstrap.configured({m: load_predictions(f) for m, f in files.items()}, units, compare)
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto}img{max-width:100%}"
@@ -374,8 +371,8 @@ def write_reports(metrics_files: list[str | Path], out: dict[str, str | Path], *
     unit = "subjects" if subjects else "videos"
     rows = sorted(read, key=lambda r: (r["model"], r.get("seed", 0), r["fold"]))
     if predictions:
-        boot = comparison(read, predictions, videos or {}, compare, subjects)
         units = resampling_units(videos or {}, subjects)
+        boot = comparison(read, predictions, units, compare)
         missing_boots = {p: missing_audio_bootstrap(rows, p, units, compare) for p in missing_audio_patterns(rows)}
     write_ccc_csv(rows, out["ccc"])
     markdown = summary_markdown(rows, boot, variants, missing_boots, unit)
