@@ -1,13 +1,22 @@
 # vafusion: talking-face videos -> per-frame valence/arousal (see README.md).
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
 
 min_version("9.0")
+sys.path.insert(0, f"{workflow.basedir}/src")
+from vafusion.schema import ConfigError, config_schema, validate
 
 
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# the schema file plus every feature stream's settings and weights keys (the registry's)
+try:
+    CONFIG_SCHEMA = config_schema(f"{workflow.basedir}/workflow/schemas/config.schema.yaml", config)
+    validate(config, CONFIG_SCHEMA)
+except ConfigError as err:
+    raise WorkflowError(str(err))
 
 
 include: "workflow/rules/common.smk"

@@ -19,6 +19,13 @@ TEST_DATA = REPO / "tests" / "data"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
+def workflow_schema(config: dict) -> dict:
+    """The schema the Snakefile validates ``config`` against (the file + the registry's streams)."""
+    from vafusion.schema import config_schema
+
+    return config_schema(REPO / "workflow" / "schemas" / "config.schema.yaml", config)
+
+
 def make_video(path: Path, *, seconds: float = 1.0, fps: int = 25, audio: bool = True,
                size: str = "64x48", vcodec: str = "libx264") -> Path:
     """A synthetic test-pattern video (with a 440 Hz tone when ``audio``)."""

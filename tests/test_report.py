@@ -147,6 +147,13 @@ def test_ccc_per_trial_is_each_trial_on_its_own(tmp_path):
             assert r[f"ccc_{target}"] == pytest.approx(2 * cov / (vx + vy + (mx - my) ** 2), abs=1e-6)
 
 
+def weights_by_stream(config):
+    """The report rule's weights: the fused streams' files by config key (registry entries)."""
+    from vafusion.features import registry
+
+    return {s: registry.get(s).weights_by_key(config) for s in ("iresnet50", "vggish")}
+
+
 def write_fake_reports(tmp_path, weights, config):
     from vafusion.learning.figures import model_figures
 
@@ -169,8 +176,9 @@ def write_fake_reports(tmp_path, weights, config):
 def test_html_report_has_real_tables_every_figure_and_says_random_init_in_red(tmp_path):
     weights_file = tmp_path / "vggish.pth"
     weights_file.write_bytes(b"not really a network, but bytes with a known sha256")
-    config = {"features": {"random_init_seed": 7, "vggish": {"pca": False}}, "learning": {"models": ["jca"]}}
-    out = write_fake_reports(tmp_path, {"iresnet50": None, "vggish": str(weights_file), "vggish_pca": None}, config)
+    config = {"features": {"random_init_seed": 7, "vggish": {"pca": False}}, "learning": {"models": ["jca"]},
+              "weights": {"iresnet50": None, "vggish": str(weights_file), "vggish_pca": None}}
+    out = write_fake_reports(tmp_path, weights_by_stream(config), config)
     page = out["html"].read_text()
     assert "<pre>" not in page and "|---|" not in page
     assert "<tr><td>jca</td><td>2</td><td>0.400 ± 0.100</td>" in page
@@ -189,10 +197,11 @@ def test_provenance_page_renders_as_snakemake_renders_it_with_random_init_in_red
     from docutils.core import publish_parts
     from jinja2 import Environment
 
-    config = {"features": {"random_init_seed": 0, "vggish": {"pca": True}}}
     weights = tmp_path / "{{w}}_*x*.pth"  # shown as it is, not as Jinja or rst markup
     weights.write_bytes(b"0")
-    out = write_fake_reports(tmp_path, {"iresnet50": str(weights), "vggish": None, "vggish_pca": None}, config)
+    config = {"features": {"random_init_seed": 0, "vggish": {"pca": True}},
+              "weights": {"iresnet50": str(weights), "vggish": None, "vggish_pca": None}}
+    out = write_fake_reports(tmp_path, weights_by_stream(config), config)
     source = out["provenance"].read_text()
     body = publish_parts(Environment().from_string(source).render(), writer="html")["html_body"]
     assert body.count('<b style="color:#c00">RANDOM-INIT (seed 0)') == 2  # vggish_pca is used here

@@ -180,7 +180,7 @@ def bad(change) -> list[str]:
                 c["learning"].update(models=["tcn_transformer@pretrained"])),
      "learning.tcn_transformer.tcn_channels: no widths for the stream 'landmarks'"),
     (lambda c: c["features"]["external"].update(iresnet50={"modality": "visual", "folder": "x", "columns": ["a"]}),
-     "features.external.iresnet50: 'iresnet50' is a built-in stream's name"),
+     "features.external.iresnet50: 'iresnet50' is already a stream's name"),
 ])
 def test_stream_configurations_that_cannot_work_name_their_key(change, message):
     problems = bad(change)
@@ -223,3 +223,86 @@ def test_a_speech_model_folder_passes_planning_and_a_missing_path_does_not(demo_
     proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
     assert proc.returncode != 0
     assert f"weights.wav2vec2: '{tmp_path / 'no such model'}' does not exist" in proc.stdout + proc.stderr
+
+
+# The same streams as a plug-in vafusion does not know of: a .py file named by
+# features.plugins, whose entries carry their settings' schema (with defaults, so the config
+# needs no section) and a weights key that is not the stream's name.
+PLUGIN_FILE = PLUGIN + '''
+
+def gain_of(job):
+    return float(open(job.weights["brightness_gain"]).read()) if job.weights.get("brightness_gain") else 1.0
+
+
+_extract = extract
+
+
+def extract(job):  # noqa: F811 - the brightness scaled by the optional gain file
+    _extract(job)
+    if job.stream == "test_brightness":
+        with h5py.File(job.output, "r+") as h5:
+            h5["features"][...] = h5["features"][...] * gain_of(job)
+
+
+from vafusion.features.registry import Stream, audio_section, section  # noqa: E402
+
+STREAMS = [
+    Stream("test_loudness", "audio", "wav", "vafusion_plugin_my_plugin", 2, audio_section("test_loudness"),
+           "log loudness", schema={"type": "object", "additionalProperties": False,
+                                   "properties": {"floor": {"description": "added before the log", "type": "number",
+                                                            "exclusiveMinimum": 0, "default": 0.0001}}}),
+    Stream("test_brightness", "visual", "faces", "vafusion_plugin_my_plugin", 3, section("test_brightness"),
+           "face colour", weights={"brightness_gain": "a text file holding a gain"},
+           optional_weights={"brightness_gain": "use_gain"},
+           schema={"type": "object", "additionalProperties": False,
+                   "properties": {"use_gain": {"description": "scale by weights.brightness_gain", "type": "boolean",
+                                               "default": False}}}),
+]
+'''
+
+
+@pytest.mark.e2e
+def test_a_plugin_named_in_the_config_is_planned_and_run_by_the_workflow(demo_dataset, tmp_path):
+    """No file of vafusion edited: the plug-in's settings get their schema and defaults, its
+    weights key is checked and becomes an input, and its streams are extracted, filled and
+    aligned by a real run."""
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(PLUGIN_FILE)
+    gain = tmp_path / "gain.txt"
+    gain.write_text("2.0")
+    path = write_config(tmp_path, demo_dataset)
+    config = yaml.safe_load(path.read_text())
+    config["features"]["plugins"] = [str(plugin)]
+    config["features"]["test_brightness"] = {"use_gain": True}
+    config["weights"]["brightness_gain"] = str(gain)
+    config["learning"]["stream_sets"] = {"plug": {"audio": ["test_loudness"], "visual": ["test_brightness"]}}
+    config["learning"].update(models=["jca@plug"], experiments={}, ensembles={})
+    path.write_text(yaml.safe_dump(config))
+    plan = snakemake(tmp_path, "--configfile", str(path), "-n")
+    out = plan.stdout + plan.stderr
+    for rule in ("extract_test_loudness", "extract_test_brightness", "fill_test_loudness", "train_model"):
+        assert f"rule {rule}:" in out
+    assert str(gain) in out  # the switched-on weights file is an input of its stream
+
+    trial = sorted(p.stem for p in (demo_dataset / "annotations" / "train").glob("*.txt"))[0]
+    targets = [f"results/aligned/plug/{trial}.h5", "results/features/fills/test_loudness.h5"]
+    snakemake(tmp_path, "--configfile", str(path), "--cores", "2", *targets)
+    with h5py.File(tmp_path / targets[0]) as h5:
+        brightness = h5["test_brightness"][:]
+        record = json.loads(h5.attrs["test_loudness_provenance"])
+        assert json.loads(record["params"])["floor"] == 1e-4  # the schema's default reached the job
+        assert h5["test_loudness"].shape[1] == 2
+    assert brightness.max() > 1.0  # doubled by the gain file (a face's mean colour is at most 1)
+
+    # a weights key the config switches on without a file stops at planning, naming the key
+    config["weights"]["brightness_gain"] = None
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0
+    assert "weights.brightness_gain: null, but features.test_brightness.use_gain is on" in proc.stdout + proc.stderr
+    # and a setting the plug-in's schema does not allow, naming the key
+    config["weights"]["brightness_gain"] = str(gain)
+    config["features"]["test_loudness"] = {"floor": -1}
+    path.write_text(yaml.safe_dump(config))
+    proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
+    assert proc.returncode != 0 and "features.test_loudness.floor" in proc.stdout + proc.stderr

@@ -3,16 +3,14 @@
 import copy
 import os
 import re
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from vafusion.dataset import DatasetError, discover
 from vafusion.features import registry
 from vafusion.learning.experiments import ensembles, experiment_problems, resolve_runs
 from vafusion.learning.provenance import trained_run_problems
-from vafusion.learning.streams import flat, stream_problems, stream_sets, used_streams
+from vafusion.learning.streams import (baselines, flat, presence_problems, presence_streams, stream_problems, stream_sets,
+                                       used_streams)
 from vafusion.models import settings_problems
 
 
@@ -44,8 +42,6 @@ if config["learning"]["fold_groups"] is not None:
         raise WorkflowError("learning.fold_groups: subject-independent folds are impossible, fold 0 (the official "
                             "split) would train and validate on the same person:\n" + "\n".join(overlap)
                             + "\nMove these trials into one partition, or correct the subject map.")
-if config["features"]["vggish"]["pca"] and config["weights"]["vggish_pca"] is None:
-    raise WorkflowError("features.vggish.pca is true but weights.vggish_pca is null")
 if problems := settings_problems(config["learning"]):
     raise WorkflowError("settings that cannot work together:\n" + "\n".join(problems))
 if problems := stream_problems(config):
@@ -54,7 +50,7 @@ if problems := stream_problems(config):
 
 def validate_learning(learning):
     """Schema-check an experiment's effective learning section (on a copy: validate fills defaults)."""
-    validate(copy.deepcopy({**config, "learning": learning}), "../schemas/config.schema.yaml")
+    validate(copy.deepcopy({**config, "learning": learning}), CONFIG_SCHEMA)
 
 
 if problems := experiment_problems(config, validate_learning):
@@ -73,7 +69,16 @@ def any_of(names):
 
 # The feature streams (vafusion.features.registry); only those some model fuses are made.
 STREAM_SPECS = registry.streams(config)
-USED_STREAMS = used_streams(config)
+# Zero-training baselines (vafusion.learning.baseline): face models' own valence/arousal columns.
+BASELINES = baselines(config)
+# Streams a setting reads but no model fuses unless a set lists them, aligned beside every
+# stream set's own: speech presence (the unvoiced pattern, learning.train.unvoiced_audio) and
+# the baselines' face models.
+PRESENCE_STREAMS = presence_streams(config, [run.learning for run in RUNS.values()])
+if problems := presence_problems(PRESENCE_STREAMS, STREAM_SPECS):
+    raise WorkflowError("\n".join(problems))
+AUX_STREAMS = list(dict.fromkeys(PRESENCE_STREAMS + [b["stream"] for b in BASELINES.values()]))
+USED_STREAMS = list(dict.fromkeys(used_streams(config) + AUX_STREAMS))
 
 VIDEOS = DATASET.used_videos
 TRIALS = DATASET.trials
@@ -84,8 +89,8 @@ ANNOTATED = [name for name, t in TRIALS.items() if t.annotation is not None]
 wildcard_constraints:
     video="[^/]+",
     trial="[^/]+",
-    # a run (a fusion model, <model>@<stream set>, an experiment) or an ensemble
-    model=any_of(list(RUNS) + list(ENSEMBLES)),
+    # a run (a fusion model, <model>@<stream set>, an experiment), an ensemble or a baseline
+    model=any_of(list(RUNS) + list(ENSEMBLES) + list(BASELINES)),
     seed="[0-9]+",
     fold="[0-9]+",
     stream_set="[A-Za-z0-9_-]+",
@@ -172,11 +177,10 @@ def stream_file(stream, trial):
 
 
 def stream_weights(stream):
-    """The weights files a stream reads (config paths; the optional ones only when their
-    setting is on): inputs, so that replacing a file reruns the stream."""
-    settings = stream.settings(config)
-    return {key: config["weights"].get(key) for key in stream.weights
-            if key not in stream.optional_weights or settings.get(stream.optional_weights[key])}
+    """The weights files a stream reads (config paths, or the file a package ships; the
+    optional ones only when their setting is on): inputs, so that replacing a file reruns
+    the stream."""
+    return stream.weight_paths(config)
 
 
 def stream_inputs(stream):
@@ -199,7 +203,14 @@ def feature_outputs():
     return sorted({stream_file(stream, trial) for stream in USED_STREAMS for trial in TRIALS.values()})
 
 
-MODELS = list(RUNS) + list(ENSEMBLES)  # every row of the report
+MODELS = list(RUNS) + list(ENSEMBLES) + list(BASELINES)  # every row of the report
+
+
+def baseline_aligned(trials):
+    """The aligned files of ``trials`` in the stream set of the first run (a baseline's
+    stream is aligned beside every set's)."""
+    return expand(f"{OUT}/aligned/{{stream_set}}/{{trial}}.h5", stream_set=next(iter(RUNS.values())).stream_set,
+                  trial=trials)
 FOLDS = list(range(config["learning"]["n_folds"]))
 TEST_TRIALS = [t.name for t in DATASET.partition("test")]
 TRAINED_RUN = config["learning"]["trained_run"]
@@ -234,8 +245,10 @@ GPU_TRAIN = 0 if config["learning"]["device"] == "cpu" else 1
 
 
 def set_streams(wildcards):
-    """The streams of the stream set ``wildcards.stream_set``, visual first."""
-    return flat(stream_sets(config["learning"])[wildcards.stream_set])
+    """The streams of the stream set ``wildcards.stream_set``, visual first, and the
+    streams some setting reads (AUX_STREAMS) it lacks."""
+    streams = flat(stream_sets(config["learning"])[wildcards.stream_set])
+    return streams + [s for s in AUX_STREAMS if s not in streams]
 
 
 def aligned_inputs(wildcards):

@@ -104,6 +104,53 @@ rule ensemble_fold:
         "../scripts/ensemble_fold.py"
 
 
+rule score_baseline:
+    # a face model's own valence/arousal outputs, scored like a trained run (no training)
+    input:
+        folds=f"{OUT}/folds.json",
+        aligned=baseline_aligned(ANNOTATED),
+    output:
+        metrics=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/metrics.json",
+        predictions=f"{OUT}/models/{{model}}/seed{{seed}}/fold{{fold}}/val_predictions.h5",
+    params:
+        stream=lambda wildcards: BASELINES[wildcards.model]["stream"],
+        columns=lambda wildcards: BASELINES[wildcards.model]["columns"],
+    log:
+        f"{OUT}/logs/score_baseline/{{model}}_seed{{seed}}_fold{{fold}}.log",
+    wildcard_constraints:
+        model=any_of(BASELINES),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/score_baseline.py"
+
+
+rule predict_baseline:
+    input:
+        aligned=baseline_aligned(TEST_TRIALS),
+    output:
+        predictions=expand(f"{OUT}/predictions/{{{{model}}}}/test/{{trial}}.txt", trial=TEST_TRIALS),
+    params:
+        stream=lambda wildcards: BASELINES[wildcards.model]["stream"],
+        columns=lambda wildcards: BASELINES[wildcards.model]["columns"],
+    log:
+        f"{OUT}/logs/predict_baseline/{{model}}.log",
+    wildcard_constraints:
+        model=any_of(BASELINES),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/learning.yaml"
+    script:
+        "../scripts/predict_baseline.py"
+
+
 rule predict_test:
     input:
         models=fold_models,
@@ -258,7 +305,7 @@ rule plot_missing_audio:
     log:
         f"{OUT}/logs/plot_missing_audio/{{pattern}}.log",
     wildcard_constraints:
-        pattern="contiguous|scattered",
+        pattern=any_of(MISSING_AUDIO_PATTERNS),
     threads: 1
     resources:
         mem_mb=2000,
@@ -318,7 +365,8 @@ rule report:
         # the first page of `snakemake --report` (Snakefile: report:)
         provenance=f"{OUT}/reports/provenance.rst",
     params:
-        weights=config["weights"],
+        # each fused stream's weights files by config key (its registry entry's)
+        weights={s: STREAM_SPECS[s].weights_by_key(config) for s in USED_STREAMS},
         config=config,
         counts=DATA_COUNTS,
         # trial -> video: the bootstrap resamples whole videos (both trials of a two-person video)

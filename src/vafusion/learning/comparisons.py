@@ -17,7 +17,7 @@ import statistics
 from itertools import combinations
 
 from vafusion.learning.bootstrap import LEVEL_HOLDS_FROM, Bootstrap, Estimate, holm
-from vafusion.learning.results import stats
+from vafusion.learning.results import stats, trained
 from vafusion.learning.streams import DEFAULT_SET, split_run
 
 ALARM = "!! "  # a paragraph or table cell the HTML report shows in red (``report.markdown_to_html``)
@@ -54,14 +54,14 @@ def p_text(p: float) -> str:
 
 
 def selection_modes(rows: list[dict]) -> list[str]:
-    return sorted({r.get("selection") or "validation" for r in rows if "ensemble" not in r})
+    return sorted({r.get("selection") or "validation" for r in rows if trained(r)})
 
 
 def selection_line(rows: list[dict]) -> str:
     modes = selection_modes(rows)
     if len(modes) == 1:
         return f"Epoch selection: {SELECTION_TEXT[modes[0]]}."
-    per = {m: sorted({r["model"] for r in rows if "ensemble" not in r and (r.get("selection") or "validation") == m})
+    per = {m: sorted({r["model"] for r in rows if trained(r) and (r.get("selection") or "validation") == m})
            for m in modes}
     return "Epoch selection differs between models: " + "; ".join(f"{m}: {', '.join(rs)}" for m, rs in per.items())
 
@@ -79,7 +79,7 @@ def seed_spread(rows: list[dict], model: str, column: str = "ccc_mean") -> float
 
 def optimistic_runs(rows: list[dict]) -> set[str]:
     """Runs whose epochs were selected on the scored validation fold (not ensembles)."""
-    return {r["model"] for r in rows if "ensemble" not in r and (r.get("selection") or "validation") == "validation"}
+    return {r["model"] for r in rows if trained(r) and (r.get("selection") or "validation") == "validation"}
 
 
 def marked(run: str, optimistic: set[str]) -> str:
@@ -391,7 +391,7 @@ def missing_audio_bootstrap(rows: list[dict], pattern: str, units: dict[str, str
     runs: dict[str, dict] = {}
     for r in rows:
         record = (r.get("missing_audio") or {}).get(pattern)
-        if "ensemble" in r or not record:
+        if not trained(r) or not record:
             continue
         if "trial_stats" not in record:
             return None
@@ -414,7 +414,7 @@ def missing_audio_markdown(rows: list[dict], fill: str, boots: dict[str, Bootstr
     from vafusion.learning.results import MISSING_SCOPES, missing_audio_curve, missing_audio_patterns
 
     lines = []
-    rows = [r for r in rows if "ensemble" not in r]
+    rows = [r for r in rows if trained(r)]
     models = sorted({r["model"] for r in rows})
     for m in models:
         constant, total = constant_gates(rows, m)

@@ -9,6 +9,7 @@ stays flat in the size of the data. Validation and test trials are loaded one at
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class StoredTrial:
     layout: dict[str, tuple[int, int]]  # stream -> (byte offset of the (T, D) float32 rows, D)
     labels: np.ndarray  # (T, 2)
     valid: np.ndarray  # (T, 2) bool
+    # frames (T,) bool whose rows of some streams read as fill rows ({stream: (D,)}): the
+    # unvoiced frames' audio (``with_unvoiced_filled``); None: the rows as stored
+    filled: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
 
     @property
     def length(self) -> int:
@@ -64,9 +68,13 @@ class StoredTrial:
                 if got != x.nbytes:
                     raise OSError(f"{self.path}: {s} rows {start}..{stop} ended early (file changed?)")
                 out[s] = x
-            return out
         finally:
             os.close(fd)
+        if self.filled is not None:
+            frames, fill = self.filled
+            for s, row in fill.items():
+                out[s][frames[start:stop]] = row
+        return out
 
     def load(self) -> TrialData:
         return TrialData(self.name, self.rows(0, self.length), self.labels, self.valid)
@@ -112,6 +120,30 @@ def load_trial(path: str | Path, streams: Iterable[str] | None = None) -> TrialD
             labels=np.stack([h5["valence"][:], h5["arousal"][:]], axis=1),
             valid=np.stack([h5["valid_valence"][:], h5["valid_arousal"][:]], axis=1),
         )
+
+
+def read_presence(path: str | Path, stream: str) -> np.ndarray:
+    """(T,) the 1-d speech-presence stream ``stream`` (``speech``, ``mouth_open``) of an
+    aligned file, which holds it besides the fused streams when a setting reads it."""
+    with h5py.File(path) as h5:
+        _missing_streams(h5, [stream])
+        if h5[stream].ndim != 2 or h5[stream].shape[1] != 1:
+            raise ValueError(f"{path}: '{stream}' has {h5[stream].shape[1:]} columns per frame; a speech presence "
+                             "stream has one")
+        return h5[stream][:, 0]
+
+
+def with_unvoiced_filled(trial: StoredTrial | TrialData, voice, fill: dict[str, np.ndarray], path: str | Path):
+    """The trial whose audio rows (the ``fill`` streams) of unvoiced frames (``voice``:
+    ``vafusion.learning.settings.Voice``) are the fill rows, as if the audio were missing."""
+    frames = read_presence(path, voice.stream) < voice.threshold
+    if isinstance(trial, StoredTrial):
+        return dataclasses.replace(trial, filled=(frames, dict(fill)))
+    streams = dict(trial.streams)
+    for s, row in fill.items():
+        streams[s] = streams[s].copy()
+        streams[s][frames] = row
+    return TrialData(trial.name, streams, trial.labels, trial.valid)
 
 
 def stream_dims(trial: TrialData | StoredTrial) -> dict[str, int]:

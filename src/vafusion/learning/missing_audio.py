@@ -11,23 +11,35 @@ import zlib
 import numpy as np
 
 from vafusion.learning.unit_stats import trial_stats
-from vafusion.learning.data import Normalizer, StoredTrial, TrialData
+from vafusion.learning.data import Normalizer, StoredTrial, TrialData, read_presence
 from vafusion.learning.predict import evaluate, fold_ccc
-from vafusion.learning.settings import TrainConfig
+from vafusion.learning.settings import MISSING_AUDIO_PATTERNS, TrainConfig
 
 
-PATTERNS = ("contiguous", "scattered")
+PATTERNS = MISSING_AUDIO_PATTERNS
 
 
-def missing_frames(trial: TrialData | StoredTrial, share: float, pattern: str, seed: int) -> np.ndarray:
+def missing_frames(trial: TrialData | StoredTrial, share: float, pattern: str, seed: int,
+                   presence: np.ndarray | None = None, threshold: float | None = None) -> np.ndarray:
     """(T,) bool: the audio frames to drop, round(share * T) of them; the same frames for
-    every model (seeded by trial name, share and pattern), so models are compared on one draw."""
+    every model (seeded by trial name, share and pattern), so models are compared on one draw.
+
+    ``unvoiced`` (the natural pattern, where audio carries no speech): the frames whose
+    speech ``presence`` (T,) is below ``threshold``, least speech first, at most
+    round(share * T): no voiced frame is ever dropped, so past the trial's unvoiced share
+    the curve stays flat; its drop is that share."""
     n = int(round(share * trial.length))
-    rng = np.random.default_rng([seed, zlib.crc32(trial.name.encode()), int(round(share * 1e6)),
-                                 PATTERNS.index(pattern)])
     dropped = np.zeros(trial.length, bool)
     if n == 0:
         return dropped
+    if pattern == "unvoiced":
+        if presence is None or threshold is None:
+            raise ValueError(f"{trial.name}: the unvoiced pattern needs the trial's speech presence and a threshold")
+        candidates = np.flatnonzero(presence < threshold)
+        dropped[candidates[np.argsort(presence[candidates], kind="stable")][:n]] = True
+        return dropped
+    rng = np.random.default_rng([seed, zlib.crc32(trial.name.encode()), int(round(share * 1e6)),
+                                 PATTERNS.index(pattern)])
     if pattern == "contiguous":
         start = int(rng.integers(0, trial.length - n + 1))
         dropped[start:start + n] = True
@@ -64,10 +76,17 @@ def missing_audio_scores(model, val: list[StoredTrial], normalizer: Normalizer, 
     longest = max(val, key=lambda t: t.length, default=None)
     results: dict = {"longest_trial": longest.name if longest else None, "fill": cfg.missing_audio.fill}
     traces: dict = {}
+    voice = cfg.missing_audio.voice
+    presence = ({t.name: read_presence(t.path, voice.stream) for t in val}
+                if "unvoiced" in cfg.missing_audio.patterns else {})
+    if presence:  # the natural share the unvoiced curve flattens at
+        n_unvoiced = sum(int((p < voice.threshold).sum()) for p in presence.values())
+        results["unvoiced_share"] = n_unvoiced / max(1, sum(len(p) for p in presence.values()))
     for pattern in cfg.missing_audio.patterns:
         results[pattern] = {"all_trials": {}, "longest_trial": {}}
         for share in cfg.missing_audio.shares:
-            dropped = {t.name: missing_frames(t, share, pattern, cfg.seed) for t in val}
+            dropped = {t.name: missing_frames(t, share, pattern, cfg.seed, presence.get(t.name),
+                                              voice.threshold if voice else None) for t in val}
 
             def with_audio_dropped(t: StoredTrial) -> TrialData:
                 return normalizer.apply(drop_audio(t.load(), dropped[t.name], fill))

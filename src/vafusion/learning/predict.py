@@ -17,7 +17,8 @@ from vafusion.annotations import TARGETS
 from vafusion.devices import resolve_device
 from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc
-from vafusion.learning.data import Normalizer, StoredTrial, TrialData, load_trial, make_batch, window_starts
+from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, load_trial, make_batch, window_starts,
+                                    with_unvoiced_filled)
 from vafusion.learning.settings import TrainConfig
 from vafusion.learning.streams import split_run
 from vafusion.models import build_fusion_model
@@ -130,7 +131,8 @@ def load_checkpoint(path: str | Path, device: torch.device) -> dict:
 
 def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Normalizer, TrainConfig, int]:
     """(model, its normaliser, its training settings, its smoothing in frames); the model's
-    streams are ``model.fused_streams``."""
+    streams are ``model.fused_streams``, the rows its unvoiced frames' audio reads as
+    ``model.unvoiced_fill`` (``learning.train.unvoiced_audio``; None: off)."""
     saved = load_checkpoint(path, device)
     # one saved before named experiments was always its run's <model> part
     architecture = saved.get("fusion_model") or split_run(saved["model_name"])[0]
@@ -144,6 +146,8 @@ def load_model(path: str | Path, device: torch.device) -> tuple[torch.nn.Module,
     model = build_fusion_model(architecture, saved["dims"], saved["hparams"], window=cfg.window,
                                streams=streams).to(device)
     model.fused_streams = streams
+    model.unvoiced_fill = ({k: np.asarray(v, np.float32) for k, v in saved["unvoiced_fill"].items()}
+                           if cfg.unvoiced_audio is not None else None)
     model.load_state_dict(saved["state_dict"])
     return model.eval(), Normalizer.from_state(saved["normalizer"]), cfg, int(saved["hparams"].get("smoothing", 0))
 
@@ -166,7 +170,10 @@ def predict_test_trials(model_paths: list[str | Path], aligned: dict[str, Path],
                 loaded[streams] = load_trial(path, streams)
                 if n_video >= 0 and loaded[streams].length != n_video:
                     raise ValueError(f"{path}: {loaded[streams].length} rows for a video of {n_video} decoded frames")
-            predictions.append(predict_trial(m, norm.apply(loaded[streams]), cfg, dev, smoothing))
+            trial = loaded[streams]
+            if m.unvoiced_fill is not None:  # as in its training: unvoiced frames' audio is missing
+                trial = with_unvoiced_filled(trial, cfg.unvoiced_audio, m.unvoiced_fill, path)
+            predictions.append(predict_trial(m, norm.apply(trial), cfg, dev, smoothing))
         mean = np.mean(predictions, axis=0)
         with atomic_output(out_dir / f"{name}.txt") as tmp:
             lines = ["valence,arousal"] + [f"{v:.6f},{a:.6f}" for v, a in mean]

@@ -45,8 +45,10 @@ NO_NETWORK = ""  # weights_sha256 of a stream that has no network (MFCC)
 # Settings that change how fast features are made, never their values.
 SPEED_ONLY = frozenset({"batch_size", "channels_last"})
 # The provenance attributes that say which features a file holds (the rest is per file:
-# device, versions, audio_missing, face source).
-IDENTITY = ("extractor", "params", "weights", "weights_sha256", "weights_seed", "pca_weights", "pca_weights_sha256")
+# device, versions, audio_missing, face source), and every other file a stream read:
+# ``<name>_sha256`` with its ``<name>`` (VGGish's ``pca_weights``, the face descriptor's
+# ``shape_predictor``).
+IDENTITY = ("extractor", "params", "weights", "weights_sha256", "weights_seed")
 
 
 def _plain(value):
@@ -58,7 +60,11 @@ def stream_entry(provenance: Mapping) -> dict:
     """A stream's part of the record, from its feature file's provenance attributes. Features
     imported from CSV files keep their settings only: each trial's file has its own hash
     (kept in the feature and aligned files), which says nothing about the features' kind."""
-    identity = IDENTITY if _plain(provenance.get("extractor")) != "external" else ("extractor", "params")
+    if _plain(provenance.get("extractor")) == "external":
+        identity = ("extractor", "params")
+    else:
+        more = [k for k in provenance if k.endswith("_sha256") and k not in IDENTITY]
+        identity = IDENTITY + tuple(more) + tuple(k.removesuffix("_sha256") for k in more)
     entry = {k: _plain(provenance[k]) for k in identity if k in provenance}
     if isinstance(entry.get("params"), str):
         entry["params"] = json.loads(entry["params"])
@@ -77,15 +83,16 @@ def _value(value) -> str:
     return "(not recorded)" if value is _MISSING else json.dumps(value)
 
 
-def _weights(entry: dict, prefix: str = "") -> str:
-    sha = entry.get(f"{prefix}weights_sha256", _MISSING)
+def _weights(entry: dict, name: str = "weights") -> str:
+    """A file the stream read, as a record says: ``<name>`` and ``<name>_sha256``."""
+    sha = entry.get(f"{name}_sha256", _MISSING)
     if sha is _MISSING:
         return "(not recorded)"
     if sha == RANDOM_INIT:
         return f"random-init (seed {entry.get('weights_seed')})"
     if sha == NO_NETWORK:
         return "none"
-    text = f"'{entry.get(f'{prefix}weights')}'"
+    text = f"'{entry.get(name)}'"
     return f"{text} (sha256 {sha[:16]}...)" if sha else text
 
 
@@ -112,9 +119,16 @@ def stream_differences(stream: str, trained: dict, current: dict, *,
                           _value(current.get("weights_seed", _MISSING))))
     elif t_sha != c_sha:
         found.append((f"weights.{stream}", _weights(trained), _weights(current)))
-    if t_params.get("pca") and c_params.get("pca") and trained.get("pca_weights_sha256") != current.get(
-            "pca_weights_sha256"):
-        found.append((f"weights.{stream}_pca", _weights(trained, "pca_"), _weights(current, "pca_")))
+    for key in sorted((set(trained) | set(current)) - {"weights_sha256", "files_sha256"}):
+        # the other files the stream read: a config knows only its weights keys' (VGGish's PCA
+        # when on), two feature files know all (the face descriptor's shape predictor too)
+        if not key.endswith("_sha256") or (key not in current and keys is None):
+            continue
+        if trained.get(key) != current.get(key):
+            name = key.removesuffix("_sha256")
+            setting = (f"weights.{stream}_{name.removesuffix('_weights')}" if name.endswith("_weights")
+                       else f"{stream}'s {name.replace('_', ' ')}")
+            found.append((setting, _weights(trained, name), _weights(current, name)))
     return found
 
 
@@ -224,20 +238,25 @@ def config_record(config: dict, sha256: Callable[[str], str], trained: Iterable[
     seed = config["features"]["random_init_seed"]
     streams = {}
     for stream, params in stream_params(config, made).items():
-        entry = {"extractor": "external" if known[stream].source == "csv" else stream, "params": params}
-        # no weights to compare for a stream without a network, or one that ships in a package
-        # (its file's sha256 is compared between feature files: check_features)
-        if stream in known[stream].weights:  # a network with user-supplied weights
-            path = config["weights"][stream]
-            if path is None:
+        spec = known[stream]
+        entry = {"extractor": "external" if spec.source == "csv" else stream, "params": params}
+        # no weights to compare for a stream without a network, or one whose files ship in a
+        # package without a weights key (dlib's: their sha256 are compared between feature
+        # files, check_features)
+        if spec.weights:  # the first key is the network's, the optional ones add files (VGGish's PCA)
+            paths = spec.weight_paths(config)
+            main = next(iter(spec.weights))
+            if paths.get(main) is None:
                 entry.update(weights=RANDOM_INIT, weights_sha256=RANDOM_INIT, weights_seed=seed)
             else:
-                entry.update(weights=str(path), weights_sha256=sha256(path) if needs_hash(stream) else None,
-                             weights_seed=-1)
-            pca = config["weights"].get(f"{stream}_pca")
-            if params.get("pca") and pca is not None:
-                entry.update(pca_weights=str(pca),
-                             pca_weights_sha256=sha256(pca) if needs_hash(stream, "pca_") else None)
+                entry.update(weights=str(paths[main]),
+                             weights_sha256=sha256(paths[main]) if needs_hash(stream) else None, weights_seed=-1)
+            for key in spec.optional_weights:
+                if paths.get(key) is not None:
+                    prefix = f"{key.removeprefix(main + '_')}_"
+                    entry.update({f"{prefix}weights": str(paths[key]),
+                                  f"{prefix}weights_sha256": sha256(paths[key]) if needs_hash(stream, prefix)
+                                  else None})
         streams[stream] = entry
     return {"format": RECORD_FORMAT, "streams": streams}
 

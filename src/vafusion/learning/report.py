@@ -26,7 +26,7 @@ from vafusion.learning.comparisons import (ALARM, ensembles_markdown, experiment
 from vafusion.learning.figures import MODEL_FIGURES, plot_ccc_per_fold
 from vafusion.learning.folds import resampling_units
 from vafusion.learning.results import (FILL_NAMES, TARGETS, missing_audio_fill, missing_audio_patterns, read_metrics,
-                                      stats, unscored)
+                                      stats, trained, unscored)
 from vafusion.learning.streams import DEFAULT_SET, split_run
 from vafusion.learning.unit_stats import load_predictions
 from vafusion.weights import RANDOM_INIT, sha256sum
@@ -85,10 +85,10 @@ def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: 
         lines += pairs_markdown(boot, models, optimistic)
     lines += oracle_gap_markdown(rows)
     lines += refit_markdown(rows)
-    trained = [r for r in rows if "ensemble" not in r]
-    lines += stream_set_markdown(trained, variants)
-    if missing_audio_patterns(trained):
-        lines += missing_audio_markdown(trained, missing_audio_fill(trained), missing_boots or {})
+    runs = [r for r in rows if trained(r)]
+    lines += stream_set_markdown(runs, variants)
+    if missing_audio_patterns(runs):
+        lines += missing_audio_markdown(runs, missing_audio_fill(runs), missing_boots or {})
     return "\n".join(lines) + "\n"
 
 
@@ -191,29 +191,30 @@ def markdown_to_html(markdown: str) -> str:
 
 # --- provenance --------------------------------------------------------------------------------
 
-def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, int],
+def provenance(weights: dict[str, dict[str, str | None]], config: dict, counts: dict[str, int],
                rows: list[dict]) -> list[tuple[str, str, bool]]:
     """What the figures stand on, as (label, text, alarm) lines: each network's weights file
-    and sha256, or RANDOM-INIT (alarm); the devices the trainings ran on and why (alarm when
-    a GPU was there but unusable); package versions; data and run counts."""
+    (``weights``: stream -> {config key: path}, the registry's ``Stream.weight_paths``) and
+    sha256, or RANDOM-INIT (alarm); the devices the trainings ran on and why (alarm when a
+    GPU was there but unusable); package versions; data and run counts."""
     items = stream_sources(rows)
-    pca = config.get("features", {}).get("vggish", {}).get("pca", False)
     used = {s for r in rows for m in (r.get("streams") or {}).values() for s in m} or set(weights)
     sourced = {s for r in rows for s in (r.get("stream_sources") or {})}  # said above, from the feature files
-    for network, path in weights.items():
-        if network.removesuffix("_pca") not in used or (network == "vggish_pca" and not pca) or network in sourced:
-            continue  # a network no model fused, or one whose stream line says what made its features
-        if path is None:
-            seed = config.get("features", {}).get("random_init_seed")
-            items.append((f"weights.{network}", f"RANDOM-INIT (seed {seed}): no weights file, these features are not "
-                                                "pretrained embeddings", True))
-        elif not Path(path).is_file():
-            items.append((f"weights.{network}", f"{path}: not found now (the feature files record what was used)",
-                          True))
-        else:
-            items.append((f"weights.{network}", f"{path}, sha256 {sha256sum(path)}", False))
+    for stream, files in weights.items():
+        if stream not in used or stream in sourced:
+            continue  # a stream no model fused, or one whose stream line says what made its features
+        for key, path in files.items():
+            if path is None:
+                seed = config.get("features", {}).get("random_init_seed")
+                items.append((key, f"RANDOM-INIT (seed {seed}): no weights file, these features are not "
+                                   "pretrained embeddings", True))
+            elif not Path(path).exists():
+                items.append((key, f"{path}: not found now (the feature files record what was used)", True))
+            else:
+                digest = sha256sum(path) if Path(path).is_file() else "(a folder)"
+                items.append((key, f"{path}, sha256 {digest}", False))
     for device, why in sorted({(r.get("device", "?"), r.get("cuda_status") or "") for r in rows
-                               if "ensemble" not in r}):  # an ensemble trains nothing
+                               if trained(r)}):  # an ensemble or a baseline trains nothing
         items.append(("training device", f"{device}: {why}" if why else device, why.startswith("an NVIDIA driver")))
     items += settings_summary(config)
     versions = [f"Python {platform.python_version()}"] + [f"{p} {_version(p)}" for p in PACKAGES]
@@ -224,10 +225,14 @@ def provenance(weights: dict[str, str | None], config: dict, counts: dict[str, i
               for t in TARGETS} if rows else {}
     items.append(("validated frames, all folds", ", ".join(f"{t} {n}" for t, n in frames.items()), False))
     models = sorted({r["model"] for r in rows})
-    trained = [r for r in rows if "ensemble" not in r]
+    runs = [r for r in rows if trained(r)]
+    baseline = [r for r in rows if "baseline" in r]
     items.append(("runs", f"{len(models)} models x {len({r['fold'] for r in rows})} folds x "
-                          f"{len({r.get('seed', 0) for r in rows})} seed(s): {len(trained)} trainings"
-                          + (f", {len(rows) - len(trained)} ensemble folds" if len(rows) > len(trained) else ""),
+                          f"{len({r.get('seed', 0) for r in rows})} seed(s): {len(runs)} trainings"
+                          + (f", {len(rows) - len(runs) - len(baseline)} ensemble folds"
+                             if len(rows) > len(runs) + len(baseline) else "")
+                          + (f", {len(baseline)} folds of zero-training baselines ("
+                             + "; ".join(sorted({r['baseline']['what'] for r in baseline})) + ")" if baseline else ""),
                   False))
     return items
 

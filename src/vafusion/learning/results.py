@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from vafusion.learning.ccc import ccc
+from vafusion.learning.settings import MISSING_AUDIO_PATTERNS
 
 TARGETS = ("valence", "arousal")
 MISSING_SCOPES = (("all_trials", "all validation trials"), ("longest_trial", "longest validation trial"))
@@ -49,11 +50,16 @@ def write_trial_predictions(h5: h5py.File, trial: str, prediction: np.ndarray, l
     return group
 
 
+def trained(row: dict) -> bool:
+    """A run's metrics, not an ensemble's (a mean of runs) or a zero-training baseline's."""
+    return "ensemble" not in row and "baseline" not in row
+
+
 def read_metrics(path: str | Path) -> dict:
     """A run's metrics.json; a run without a selected epoch (an untrained model) is refused,
     so it can never be averaged into a report."""
     metrics = json.loads(Path(path).read_text())
-    if "ensemble" in metrics:  # a mean of trained runs, each of them checked here
+    if not trained(metrics):  # a mean of trained runs (each checked here), or a zero-training baseline
         return metrics
     if metrics.get("best_epoch", -1) < 1:
         raise ValueError(f"{path}: best_epoch {metrics.get('best_epoch')}: this model was never selected at any "
@@ -110,7 +116,7 @@ def missing_audio_fill(rows: list[dict]) -> str:
 
 
 def missing_audio_patterns(rows: list[dict]) -> list[str]:
-    return [p for p in ("contiguous", "scattered") if any(p in r.get("missing_audio", {}) for r in rows)]
+    return [p for p in MISSING_AUDIO_PATTERNS if any(p in r.get("missing_audio", {}) for r in rows)]
 
 
 def missing_audio_curve(rows: list[dict], model: str, pattern: str, scope: str,

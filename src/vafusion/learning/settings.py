@@ -9,16 +9,35 @@ from dataclasses import dataclass
 import numpy as np
 
 SELECTIONS = ("inner", "validation")
+# the missing-audio test's patterns (vafusion.learning.missing_audio)
+MISSING_AUDIO_PATTERNS = ("contiguous", "scattered", "unvoiced")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """Which frames are unvoiced: those where the 1-d ``stream`` (speech presence: ``speech``
+    or ``mouth_open``) is below ``threshold``."""
+
+    stream: str
+    threshold: float
+
+    @classmethod
+    def of(cls, values) -> "Voice | None":
+        if values is None or isinstance(values, Voice):
+            return values
+        return None if values.get("stream") is None else cls(str(values["stream"]), float(values["threshold"]))
 
 
 @dataclass(frozen=True)
 class MissingAudio:
     """Praveen & Alam's missing-audio test: a share of the audio frames dropped, i.e. given
-    the ``fill`` rows (``vafusion.features.silence``: "zeros" as the paper, or "silence")."""
+    the ``fill`` rows (``vafusion.features.silence``: "zeros" as the paper, or "silence").
+    ``voice``: what the ``unvoiced`` pattern drops (``vafusion.learning.missing_audio``)."""
 
     shares: tuple[float, ...]
-    patterns: tuple[str, ...]  # "contiguous" (one segment per trial) and/or "scattered" frames
+    patterns: tuple[str, ...]  # "contiguous" (one segment per trial), "scattered" frames, "unvoiced"
     fill: str
+    voice: Voice | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,9 @@ class TrainConfig:
     seed: int  # with the fold: initialisation and window order; alone: the inner split's and missing audio's draws
     precision: str  # training forward: "auto" (bf16 autocast on CUDA), "bfloat16" (any device) or "float32"
     missing_audio: MissingAudio
+    # unvoiced frames' audio is the missing-audio fill in training and in every prediction
+    # (the ABAW10 winner's audio "only where the mouth is open"); None: off
+    unvoiced_audio: Voice | None = None
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTIONS:
@@ -51,6 +73,7 @@ class TrainConfig:
         not one), or from a saved model.pt's ``train_config``, which holds its seed. A
         model.pt saved before refitting existed never refitted."""
         values = {"refit": False, **values}
+        values["unvoiced_audio"] = Voice.of(values.get("unvoiced_audio"))  # a model.pt before it: off
         saved_seed = values.pop("seed", None)
         if seed is None and saved_seed is None:
             raise ValueError("TrainConfig needs a seed: pass seed= (one of learning.seeds); learning.train has none")
@@ -58,7 +81,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: seed={seed} contradicts the settings' own seed {saved_seed}")
         missing = values.pop("missing_audio")
         if not isinstance(missing, MissingAudio):
-            missing = MissingAudio(tuple(missing["shares"]), tuple(missing["patterns"]), missing["fill"])
+            missing = MissingAudio(tuple(missing["shares"]), tuple(missing["patterns"]), missing["fill"],
+                                   Voice.of(missing.get("voice")))
         return cls(**values, seed=int(saved_seed if seed is None else seed), missing_audio=missing)
 
 

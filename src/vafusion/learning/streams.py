@@ -11,6 +11,8 @@ The Snakefile checks the config with it at every parse.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from vafusion.features import registry
 from vafusion.models import FUSION_MODELS
 
@@ -80,6 +82,11 @@ def stream_problems(config: dict) -> list[str]:
         from vafusion.features.external import validate_settings
 
         problems += validate_settings(name, dict(config["features"]["external"][name]))
+    if registry.face_model_streams(config):
+        from vafusion.features.backbones import spec_problems
+
+        for name, spec in config["features"]["face_models"].items():
+            problems += spec_problems(name, dict(spec))
     sets = stream_sets(learning)
     for set_name, streams in sets.items():
         key = "learning.streams" if set_name == DEFAULT_SET else f"learning.stream_sets.{set_name}"
@@ -107,11 +114,7 @@ def stream_problems(config: dict) -> list[str]:
         return problems
     widths = learning["tcn_transformer"]["tcn_channels"]
     for name in used_streams(config):
-        spec = known[name]
-        if spec.requires_weights and not any(config["weights"].get(w) for w in spec.weights):
-            problems.append(f"weights.{spec.weights[0]}: the stream '{name}' needs a checkpoint (a randomly "
-                            f"initialised {name} is meaningless): give its path, or remove '{name}' from "
-                            "learning.streams / learning.stream_sets")
+        problems += known[name].weight_problems(config)
     for run, model, stream_set in trained_sets(learning):
         if model == "tcn_transformer":
             for name in flat(sets[stream_set]):
@@ -120,3 +123,39 @@ def stream_problems(config: dict) -> list[str]:
                                     f"(used by '{run}') and no 'default' entry")
     return problems
 
+
+
+def presence_streams(config: dict, learnings: Iterable[dict]) -> list[str]:
+    """The speech-presence streams some setting reads (``learning.train.missing_audio.voice``
+    for the ``unvoiced`` pattern, each run's ``learning.train.unvoiced_audio``; ``learnings``:
+    every run's effective learning section): extracted and aligned beside every stream set,
+    fused by no model unless a set lists them."""
+    found = []
+    missing = config["learning"]["train"]["missing_audio"]
+    if "unvoiced" in missing["patterns"]:
+        found.append(missing["voice"]["stream"])
+    for learning in learnings:
+        if (voice := learning["train"].get("unvoiced_audio") or {}).get("stream"):
+            found.append(voice["stream"])
+    return list(dict.fromkeys(found))
+
+
+def presence_problems(names: Iterable[str], known: dict) -> list[str]:
+    """A presence stream that is not a known stream of one value per frame."""
+    problems = []
+    for name in names:
+        if name not in known:
+            problems.append(f"learning.train: the speech presence stream '{name}' (missing_audio.voice / "
+                            f"unvoiced_audio) is not a stream (known: {', '.join(known)})")
+        elif known[name].dim != 1:
+            problems.append(f"learning.train: '{name}' (missing_audio.voice / unvoiced_audio) has {known[name].dim} "
+                            "values per frame; a speech presence stream has one (speech, mouth_open)")
+    return problems
+
+
+def baselines(config: dict) -> dict[str, dict]:
+    """The zero-training baselines (``vafusion.learning.baseline``): ``<stream>_va`` ->
+    {"stream", "columns"} for each face model with ``valence_arousal`` columns."""
+    return {f"{name}_va": {"stream": name, "columns": list(spec["valence_arousal"])}
+            for name, spec in (config["features"].get("face_models") or {}).items()
+            if spec.get("valence_arousal")}

@@ -45,7 +45,8 @@ from vafusion.features.common import prefetch
 from vafusion.features.registry import by_modality
 from vafusion.io import atomic_output
 from vafusion.learning.ccc import ccc_loss
-from vafusion.learning.data import Normalizer, StoredTrial, TrialData, make_batch, open_trial, stream_dims, window_starts
+from vafusion.learning.data import (Normalizer, StoredTrial, TrialData, make_batch, open_trial, stream_dims,
+                                    window_starts, with_unvoiced_filled)
 from vafusion.learning.gates import gate_diagnostics
 from vafusion.learning.missing_audio import missing_audio_scores
 from vafusion.learning.predict import GATE_COLUMNS, evaluate, load_checkpoint
@@ -218,6 +219,15 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
     train = [open_trial(paths[n], names) for n in fold["train"] if n not in held_out]
     inner = [open_trial(paths[n], names) for n in inner_names]
     val = [open_trial(paths[n], names) for n in fold["validation"]]
+    unvoiced_fill = None
+    if cfg.unvoiced_audio is not None:  # unvoiced frames' audio reads as missing, in training and prediction
+        if audio_fill is None:
+            raise ValueError(f"{where}: learning.train.unvoiced_audio needs the audio streams' fill rows")
+        unvoiced_fill = {s: np.asarray(audio_fill[s], np.float32) for s in streams["audio"]}
+        train, inner, val = ([with_unvoiced_filled(t, cfg.unvoiced_audio, unvoiced_fill, t.path) for t in trials]
+                             for trials in (train, inner, val))
+        log.info("%s: the audio of frames with %s < %g is the %s fill, in training and prediction", where,
+                 cfg.unvoiced_audio.stream, cfg.unvoiced_audio.threshold, cfg.missing_audio.fill)
     val_targets = selection_targets(model_name, fold, val, selects=not inner)
     # the trials whose mean CCC picks the epoch, and the targets it averages
     picking, role = (inner, "inner selection") if inner else (val, "validation")
@@ -354,7 +364,8 @@ def train_fold(model_name: str, hparams: dict, fold: dict, aligned: dict[str, Pa
                "gate_diagnostics": gate_diagnostics(list(gates.values()), robustness) if gates else None,
                "device": str(dev), "cuda_status": cuda_status()[1]}
     write_outputs(out_dir, model, model_name, hparams, dims, streams, normalizer, cfg, fold, metrics, history,
-                  predictions, val, gates, gate_traces, robustness.get("longest_trial"), feature_provenance)
+                  predictions, val, gates, gate_traces, robustness.get("longest_trial"), feature_provenance,
+                  unvoiced_fill=unvoiced_fill)
     checkpoint.unlink(missing_ok=True)
     return metrics
 
@@ -370,7 +381,7 @@ def stream_sources(record: dict | None) -> dict:
 
 def write_outputs(out_dir: Path, model, model_name, hparams, dims, streams, normalizer, cfg, fold, metrics, history,
                   predictions, val: list[StoredTrial | TrialData], gates, gate_traces, longest,
-                  feature_provenance) -> None:
+                  feature_provenance, unvoiced_fill: dict[str, np.ndarray] | None = None) -> None:
     """val_predictions.h5: a group per validation trial with ``prediction``, ``label``,
     ``valid`` and, for an IACA model, ``gates`` (T, 7: GATE_COLUMNS); the longest trial's
     group also has ``gates_missing_audio_<pattern>`` with its ``dropped_<pattern>`` frames."""
@@ -380,6 +391,8 @@ def write_outputs(out_dir: Path, model, model_name, hparams, dims, streams, norm
                     "selection": metrics["selection"], "inner_trials": metrics["inner_trials"],
                     "normalizer": normalizer.state(), "train_config": asdict(cfg), "fold": fold["fold"],
                     "metrics": {k: metrics[k] for k in ("ccc_valence", "ccc_arousal", "ccc_mean", "best_epoch")},
+                    # the rows unvoiced frames' audio reads as (learning.train.unvoiced_audio), for the test trials
+                    **({"unvoiced_fill": {k: v.tolist() for k, v in unvoiced_fill.items()}} if unvoiced_fill else {}),
                     **({RECORD_KEY: feature_provenance} if feature_provenance is not None else {})}, tmp)
     with atomic_output(out_dir / "history.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(history[0]) if history else ["epoch"])
