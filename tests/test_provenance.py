@@ -243,3 +243,21 @@ def test_predict_stops_at_planning_when_features_differ_from_the_models(features
            f"'{weights}'" in out
     assert "predict_test" not in out and "Job stats" not in out
     assert not (tmp_path / "predicted").exists()
+
+
+def test_every_file_a_stream_read_is_compared_the_face_descriptors_shape_predictor_too():
+    """The face descriptor's chip comes from a second model file: two feature files made with
+    different shape predictors hold different features, and their records say so."""
+    from vafusion.learning.provenance import record_differences, stream_entry
+
+    attrs = {"extractor": "face_descriptor", "params": "{\"jitter\": 0}", "weights": "dlib_face_recognition",
+             "weights_sha256": "a" * 64, "weights_seed": -1, "shape_predictor": "shape_predictor_5",
+             "shape_predictor_sha256": "b" * 64, "device": "cpu"}
+    first = {"streams": {"face_descriptor": stream_entry(attrs)}}
+    assert first["streams"]["face_descriptor"]["shape_predictor_sha256"] == "b" * 64
+    assert "device" not in first["streams"]["face_descriptor"]  # per file, not what the features are
+    other = {"streams": {"face_descriptor": stream_entry({**attrs, "shape_predictor_sha256": "c" * 64})}}
+    assert record_differences(first, first, all_keys=True) == []
+    (difference,) = record_differences(first, other, all_keys=True)
+    assert difference[:2] == ("face_descriptor", "face_descriptor's shape predictor")
+    assert "bbbbbbbb" in difference[2] and "cccccccc" in difference[3]
