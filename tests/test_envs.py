@@ -48,7 +48,8 @@ def stream_modules() -> list[Path]:
     """The modules of every built-in feature stream: the registry imports them by name."""
     from vafusion.features import registry
 
-    return sorted({module_file(s.module) for s in registry.BUILTIN.values()} | {module_file("vafusion.features.external")})
+    return sorted({module_file(s.module) for s in registry.BUILTIN.values()} | {module_file("vafusion.features.external"),
+                                                                               module_file("vafusion.features.backbones")})
 
 
 def third_party_imports(script: Path) -> set[str]:

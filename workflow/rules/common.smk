@@ -46,6 +46,11 @@ if problems := settings_problems(config["learning"]):
     raise WorkflowError("settings that cannot work together:\n" + "\n".join(problems))
 if problems := stream_problems(config):
     raise WorkflowError("feature streams that cannot work:\n" + "\n".join(problems))
+if config["features"]["face_models"]:
+    from vafusion.features.backbones import spec_problems
+
+    if problems := [p for name, spec in config["features"]["face_models"].items() for p in spec_problems(name, spec)]:
+        raise WorkflowError("face models that cannot work:\n" + "\n".join(problems))
 
 
 def validate_learning(learning):

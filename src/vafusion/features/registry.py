@@ -221,6 +221,19 @@ BUILTIN: dict[str, Stream] = {s.name: s for s in (
     Stream("face_descriptor", "visual", "faces", "vafusion.features.dlib_face", 128, section("face_descriptor"),
            "dlib's ResNet face descriptor (pretrained; an identity embedding)", mem_mb=1500, runtime=120,
            schema=builtin_schema("face_descriptor")),
+    # The streams below carry their schema in their entry, as a plug-in's must: no file of
+    # the workflow names them.
+    Stream("speech", "audio", "wav", "vafusion.features.speech", 1, audio_section("speech"),
+           "silero-vad speech probability: its 32 ms chunks' overlap-weighted mean over each frame's span",
+           weights={"speech": "silero-vad's streaming ONNX model (null: the silero_vad.onnx the silero-vad package "
+                              "ships)"},
+           shipped={"speech": ("silero_vad", "data/silero_vad.onnx")}, mem_mb=1500, runtime=15,
+           schema={"type": "object", "additionalProperties": False, "properties": {}}),
+    Stream("mouth_open", "visual", "faces", "vafusion.features.mouth", 1, section("mouth_open"),
+           "inner-lip gap over the inter-ocular distance, from dlib's 68 landmarks", mem_mb=1500, runtime=30,
+           schema={"type": "object", "additionalProperties": False, "properties": {
+               "batch_size": {"description": "faces computed at a time (and per worker process task)",
+                              "type": "integer", "minimum": 1, "default": 256}}}),
 )}
 
 _REGISTERED: dict[str, Stream] = {}

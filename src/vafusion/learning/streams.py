@@ -82,11 +82,6 @@ def stream_problems(config: dict) -> list[str]:
         from vafusion.features.external import validate_settings
 
         problems += validate_settings(name, dict(config["features"]["external"][name]))
-    if registry.face_model_streams(config):
-        from vafusion.features.backbones import spec_problems
-
-        for name, spec in config["features"]["face_models"].items():
-            problems += spec_problems(name, dict(spec))
     sets = stream_sets(learning)
     for set_name, streams in sets.items():
         key = "learning.streams" if set_name == DEFAULT_SET else f"learning.stream_sets.{set_name}"
