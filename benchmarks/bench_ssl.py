@@ -93,7 +93,8 @@ def bench_rate(threads: int, seconds: float, sizes: tuple[str, ...]) -> None:
 JOB = r"""
 import sys, numpy as np, torch
 sys.path.insert(0, {src!r})
-from vafusion.features.ssl import SslCheckpoint, SslEmbedder, SslParams, compute_ssl_features, random_architecture
+from vafusion.features.ssl import SslEmbedder, SslParams, compute_ssl_features
+from vafusion.features.ssl_checkpoints import SslCheckpoint, random_architecture
 torch.set_num_threads({threads})
 model = random_architecture({kind!r}, {size!r})
 model.load_state_dict(torch.load({state!r}, map_location="cpu", weights_only=True))  # file + model, as a load

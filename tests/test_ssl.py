@@ -27,7 +27,8 @@ import transformers
 
 from vafusion.features.registry import ExtractJob
 from vafusion.features.ssl import SslEmbedder, SslParams, extract, frame_spans, frame_weights, map_to_frames
-from vafusion.features.ssl_checkpoints import conv_geometry, load_checkpoint, parse_conv_layers
+from vafusion.features.ssl_checkpoints import conv_geometry, load_checkpoint
+from vafusion.features.ssl_fairseq import parse_conv_layers
 from vafusion.weights import WeightsError
 
 SR = 16000

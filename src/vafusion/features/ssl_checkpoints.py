@@ -1,45 +1,36 @@
 """Self-supervised speech checkpoints (wav2vec 2.0, HuBERT, WavLM) as torchaudio models,
-read without running any of their code (``vafusion.features.ssl`` runs them).
+read without running any of their code (``vafusion.features.ssl`` runs them): the
+entry point (``load_checkpoint``, which reads a folder here and sends a file to
+``vafusion.features.ssl_fairseq``), what both formats share (``SslCheckpoint``, the
+``torch.load(weights_only=True)`` reader ``_torch_load_plain`` with its refusals) and the
+Hugging Face reader.
 
 Checkpoints, two formats:
 
 - a **Hugging Face model folder** (``config.json`` + ``model.safetensors`` or
   ``pytorch_model.bin``, possibly sharded with an ``*.index.json``; ``Wav2Vec2Model``,
-  ``HubertModel``, ``WavLMModel`` or a model with a head, e.g. ``...ForCTC``, whose head is
-  ignored). safetensors files are parsed here (a JSON header and raw little-endian
-  tensors: no code, no extra dependency); ``.bin`` files go through
+  ``HubertModel``, ``WavLMModel`` or a model with a task head, e.g. ``...ForCTC`` or an
+  emotion model's ``...ForSequenceClassification``, whose head's tensors are ignored by name and
+  logged; every tensor of the encoder must be there, of its shape, and be used). A wrapper whose
+  config.json names its encoder (``ssl_type``, the Odyssey 2024 SER baseline's) gets that
+  encoder's architecture (``NAMED_ENCODERS``). safetensors files are parsed here (a JSON
+  header and raw little-endian tensors: no code, no extra dependency); ``.bin`` files go through
   ``torch.load(weights_only=True)``. The weights are converted by torchaudio's own
   importer, ``torchaudio.models.wav2vec2.utils.import_huggingface_model``, handed a light
   stand-in for the transformers model: an object of the right class name exposing
   ``config`` (config.json's values, with transformers' defaults for those left out) and
   ``feature_extractor`` / ``feature_projection`` / ``encoder`` objects whose
   ``state_dict()`` returns the file's tensors. Neither transformers nor fairseq is needed.
-- a **fairseq checkpoint** (one ``.pt``: wav2vec 2.0 or HuBERT, pretrained or fine-tuned;
-  WavLM's original checkpoints from microsoft/unilm have the same layout), read with
-  ``torch.load(weights_only=True)`` allowing only tensors, plain containers, numpy arrays
-  and ``argparse.Namespace`` (the ``args`` of pre-2021 checkpoints, a plain attribute bag).
-  Its architecture comes from ``cfg["model"]`` (or ``args``, or unilm's flat ``cfg``) and
-  its keys are renamed by ``fairseq_to_torchaudio_state``, the rename table of torchaudio's
-  ``import_fairseq_model`` (which needs a live fairseq model object) plus WavLM's
-  attention parameters; then a strict ``load_state_dict``.
-
-  **omegaconf**: fairseq's hydra-era checkpoints (2021 on: HuBERT's, later wav2vec 2.0
-  ones) store ``cfg`` as omegaconf ``DictConfig`` objects (and may store training meters
-  in ``extra_state``). Rebuilding them means unpickling arbitrary classes, which
-  ``weights_only`` refuses, and so does this module: such a file is refused with an error
-  that names it and gives the one-line conversion, to run once where fairseq/omegaconf are
-  installed and the file is trusted (``FAIRSEQ_CONVERSION``): it re-saves ``model`` and
-  ``cfg`` as plain containers. The Hugging Face version of the same model (a folder) loads
-  directly. A configuration that leaves architecture options out gets fairseq's defaults,
-  with a warning (the tensor shapes are checked; the head count and LayerNorm order
-  cannot be).
+- a **fairseq checkpoint** (one ``.pt``): read by ``vafusion.features.ssl_fairseq`` (see
+  there), through ``_torch_load_plain`` here. That reader's refusal of omegaconf objects
+  (fairseq's hydra-era ``cfg``) names the file and gives the one-line conversion,
+  ``FAIRSEQ_CONVERSION``; as ``.bin`` files go through the same reader, both live here.
 
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import hashlib
 import json
 import logging
@@ -113,6 +104,8 @@ def load_checkpoint(path: str | Path, kind: str) -> SslCheckpoint:
     if path.is_dir():
         checkpoint = _load_huggingface(path, kind)
     elif path.is_file():
+        from vafusion.features.ssl_fairseq import _load_fairseq  # lazy: that module imports this one
+
         checkpoint = _load_fairseq(path, kind)
     else:
         raise WeightsError(f"{kind} checkpoint '{path}' does not exist (a Hugging Face model folder or a fairseq .pt)")
@@ -179,7 +172,25 @@ SAFETENSORS_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
     "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 HF_MODEL_TYPES = {"wav2vec2": "wav2vec2", "hubert": "hubert", "wavlm": "wavlm"}
-HF_BASE_PREFIXES = ("wav2vec2.", "hubert.", "wavlm.")  # a model with a head keeps its base model under these
+# a model with a task head keeps its encoder under one of these (ssl_model.: the Odyssey 2024 SER baseline's SERModel)
+HF_BASE_PREFIXES = ("wav2vec2.", "hubert.", "wavlm.", "ssl_model.")
+HF_ENCODER_PARTS = ("feature_extractor.", "feature_projection.", "encoder.")
+HF_TRAINING_ONLY = ("masked_spec_embed",)  # SpecAugment's mask vector: in the encoder, unused at inference
+# top-level modules of the task heads beside the encoder: transformers' ...ForCTC (lm_head),
+# ...ForSequenceClassification / ...ForAudioFrameClassification (projector, classifier, layer_weights),
+# ...ForXVector (also tdnn, feature_extractor, objective), ...ForPreTraining (quantizer, project_q, project_hid);
+# audeering's EmotionModel (classifier.dense / .out_proj); the Odyssey 2024 baseline's SERModel (pool_model, ser_model)
+HF_HEAD_MODULES = frozenset({"lm_head", "projector", "classifier", "layer_weights", "tdnn", "feature_extractor",
+                             "objective", "quantizer", "project_q", "project_hid", "pool_model", "ser_model"})
+# encoders that a wrapper's config.json names (ssl_type; the Odyssey 2024 baseline's SERConfig, model_type "ser")
+# rather than describes, as their own config.json on the hub does; the wrapper's encoder fields take precedence
+NAMED_ENCODERS = {
+    "microsoft/wavlm-large": {
+        "model_type": "wavlm", "feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": False,
+        "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096},
+    "facebook/wav2vec2-large-robust": {
+        "model_type": "wav2vec2", "feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True,
+        "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096}}
 # transformers' defaults (Wav2Vec2Config / HubertConfig / WavLMConfig) for values config.json may leave out
 HF_DEFAULTS = {
     "feat_extract_norm": "group", "feat_extract_activation": "gelu", "conv_dim": [512] * 7,
@@ -240,7 +251,7 @@ def _hf_weight_files(folder: Path) -> list[Path]:
 
 
 def read_huggingface_folder(folder: Path, kind: str) -> tuple[dict, dict[str, Tensor], list[Path], bool | None]:
-    """(config, base-model state dict, weight files, do_normalize or None) of a folder."""
+    """(config, the weight files' tensors, weight files, do_normalize or None) of a folder."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise WeightsError(f"{kind} checkpoint folder '{folder}' has no config.json (a Hugging Face model folder "
@@ -259,10 +270,6 @@ def read_huggingface_folder(folder: Path, kind: str) -> tuple[dict, dict[str, Te
             if not isinstance(loaded, dict):
                 raise WeightsError(f"'{file}' holds a {type(loaded).__name__}, not a state dict")
             state.update(loaded)
-    for prefix in HF_BASE_PREFIXES:  # ...ForCTC, ...ForPreTraining: keep the base model only
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            break
     normalize = None
     preprocessor = folder / "preprocessor_config.json"
     if preprocessor.is_file():
@@ -280,12 +287,75 @@ class _StateOnly:
         return dict(self._state)  # a copy: the importer pops WavLM's q/k/v from it
 
 
+def encoder_config(config: dict, where: str) -> dict:
+    """config.json's encoder architecture, transformers' defaults filling what it leaves out; a
+    wrapper naming its encoder (``ssl_type``) rather than describing it gets that encoder's."""
+    named = config.get("ssl_type")
+    if config.get("model_type") in HF_MODEL_TYPES.values() or named is None:
+        return {**HF_DEFAULTS, **config}
+    if named not in NAMED_ENCODERS:
+        raise WeightsError(f"{where}: config.json (model_type '{config.get('model_type')}') names its encoder, "
+                           f"'{named}' (ssl_type), without describing it, and vafusion knows the architectures of "
+                           f"{', '.join(NAMED_ENCODERS)} only; give a folder whose config.json is the encoder's")
+    log.info("%s: a '%s' model around %s (ssl_type): that encoder's architecture", where, config.get("model_type"),
+             named)
+    return {**HF_DEFAULTS, **NAMED_ENCODERS[named], **{k: v for k, v in config.items() if k in HF_DEFAULTS}}
+
+
+def _listed(names: list[str], most: int = 12) -> str:
+    return ", ".join(names[:most]) + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+
+
+def encoder_tensors(state: dict[str, Tensor], where: str) -> tuple[dict[str, Tensor], str]:
+    """(the encoder's tensors, named as in a bare model; the prefix they had) of a folder's
+    tensors. A task head's (beside the encoder) and training-only ones are left out by name
+    and said so; a tensor of the encoder that no part of it takes is refused."""
+    prefix = next((p for p in HF_BASE_PREFIXES if any(k.startswith(p) for k in state)), "")
+    inside = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    stray = sorted(prefix + k for k in inside if not k.startswith(HF_ENCODER_PARTS) and k not in HF_TRAINING_ONLY)
+    if stray:
+        raise WeightsError(f"{where}: {len(stray)} tensors of no part of the encoder: {_listed(stray)}")
+    outside = sorted(k for k in state if not k.startswith(prefix))
+    head = [k for k in outside if k.split(".")[0] in HF_HEAD_MODULES]
+    ignored = head + sorted(prefix + k for k in inside if k in HF_TRAINING_ONLY)
+    if ignored:
+        log.info("%s: ignored %d tensors, a task head's or used in training only: %s", where, len(ignored),
+                 _listed(ignored))
+    unknown = [k for k in outside if k not in head]
+    if unknown:  # beside the encoder, so not the encoder's; but of no head this module knows
+        log.warning("%s: ignored %d tensors beside the encoder (%s*) of no known task head: %s", where, len(unknown),
+                    prefix, _listed(unknown))
+    return {k: v for k, v in inside.items() if k.startswith(HF_ENCODER_PARTS)}, prefix
+
+
+def encoder_tensor_shapes(cfg: dict, wavlm: bool) -> dict[str, tuple[int, ...]]:
+    """transformers' names and shapes of the tensors of the encoder ``cfg`` describes: those of
+    torchaudio's model (built on the meta device: no memory), the importer's renames undone."""
+    import torchaudio.models as models
+    from torchaudio.models.wav2vec2.utils.import_huggingface import _get_config, _get_config_wavlm
+
+    arch = (_get_config_wavlm if wavlm else _get_config)(SimpleNamespace(**cfg))
+    with torch.device("meta"):
+        model = (models.wavlm_model if wavlm else models.wav2vec2_model)(**arch, aux_num_out=None)
+    shapes = {}
+    for key, value in model.state_dict().items():
+        key = re.sub(r"^encoder\.(transformer|feature_projection)\.",
+                     lambda m: "encoder." if m[1] == "transformer" else "feature_projection.", key)
+        qkv = re.fullmatch(r"(encoder\.layers\.\d+\.attention\.)attention\.in_proj_(weight|bias)", key)
+        if qkv:  # WavLM: torchaudio's nn.MultiheadAttention holds transformers' q, k and v projections
+            shapes.update({f"{qkv[1]}{q}_proj.{qkv[2]}": (value.shape[0] // 3, *value.shape[1:]) for q in "qkv"})
+        else:
+            shapes[key.replace(".attention.attention.out_proj.", ".attention.out_proj.")] = tuple(value.shape)
+    return shapes
+
+
 def huggingface_to_torchaudio(config: dict, state: dict[str, Tensor], kind: str, where: str) -> torch.nn.Module:
-    """torchaudio's model from a transformers config and base-model state dict, through
+    """torchaudio's model from a transformers config and a folder's tensors (the encoder's are
+    taken, every one of them checked present and of its shape), through
     ``import_huggingface_model`` and a stand-in for the transformers model."""
     from torchaudio.models.wav2vec2.utils import import_huggingface_model
 
-    cfg = {**HF_DEFAULTS, **config}
+    cfg = encoder_config(config, where)
     model_type = cfg.get("model_type")
     if model_type != HF_MODEL_TYPES[kind]:
         raise WeightsError(f"{where} is a '{model_type}' model (config.json model_type), not {kind}: set it as "
@@ -302,17 +372,28 @@ def huggingface_to_torchaudio(config: dict, state: dict[str, Tensor], kind: str,
     bad = [f"{k}={cfg[k]!r}" for k, ok in unsupported.items() if not ok]
     if bad:
         raise WeightsError(f"{where}: torchaudio's {kind} model cannot reproduce this configuration ({', '.join(bad)})")
-    parts = {name: {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
-             for name in ("feature_extractor", "feature_projection", "encoder")}
-    if not parts["encoder"]:
+    encoder, prefix = encoder_tensors(state, where)
+    if not any(k.startswith("encoder.") for k in encoder):
         raise WeightsError(f"{where}: no encoder.* tensors among the weights (keys start with "
                            f"{sorted({k.split('.')[0] for k in state})[:8]}): not a {kind} model")
+    expected = encoder_tensor_shapes(cfg, kind == "wavlm")
+    # older checkpoints' weight_g / weight_v: torch's weight-norm load hook renames them
+    given = {re.sub(r"\.weight_([gv])$", lambda m: f".parametrizations.weight.original{'gv'.index(m[1])}", k):
+             tuple(v.shape) for k, v in encoder.items()}
+    missing = sorted(prefix + k for k in set(expected) - set(given))
+    unexpected = sorted(prefix + k for k in set(given) - set(expected))
+    wrong = sorted(f"{prefix}{k}: file {given[k]}, config.json {expected[k]}"
+                   for k in set(expected) & set(given) if given[k] != expected[k])
+    if missing or unexpected or wrong:
+        raise WeightsError(f"{where} does not fit the {kind} architecture of its config.json:"
+                           + (f"\n  missing ({len(missing)}): {_listed(missing, 10)}" if missing else "")
+                           + (f"\n  unexpected ({len(unexpected)}): {_listed(unexpected, 10)}" if unexpected else "")
+                           + (f"\n  wrong shapes ({len(wrong)}): {_listed(wrong, 10)}" if wrong else ""))
     stand_in = type("WavLMModel" if kind == "wavlm" else "Wav2Vec2Model", (), {})()
     stand_in.config = SimpleNamespace(**cfg)
-    stand_in.feature_extractor = _StateOnly(parts["feature_extractor"])
-    stand_in.feature_projection = _StateOnly(parts["feature_projection"])
-    # older checkpoints' weight_g / weight_v: torch's weight-norm load hook renames them
-    stand_in.encoder = _StateOnly(parts["encoder"])
+    for part in ("feature_extractor", "feature_projection", "encoder"):
+        setattr(stand_in, part, _StateOnly({k[len(part) + 1:]: v for k, v in encoder.items()
+                                            if k.startswith(part + ".")}))
     importer_log = logging.getLogger("torchaudio.models.wav2vec2.utils.import_huggingface")
     level = importer_log.level
     importer_log.setLevel(logging.ERROR)  # it warns that a model without a CTC head has no lm_head
@@ -331,231 +412,10 @@ def _load_huggingface(folder: Path, kind: str) -> SslCheckpoint:
         digest = sha256sum(files[0])
     else:  # sharded: the digest of the shards' digests
         digest = sha256sum_text("".join(f"{f.name} {sha256sum(f)}\n" for f in files))
-    source = f"{folder} (huggingface {config.get('model_type')}: {', '.join(f.name for f in files)})"
+    around = f" around {config['ssl_type']}" if config.get("ssl_type") else ""
+    source = f"{folder} (huggingface {config.get('model_type')}{around}: {', '.join(f.name for f in files)})"
     return SslCheckpoint(model, kind, source, digest, normalize)
 
 
 def sha256sum_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-# --- fairseq checkpoints ------------------------------------------------------------------
-
-FAIRSEQ_DEFAULTS = {  # fairseq's Wav2Vec2Config / HubertConfig and unilm's WavLMConfig defaults
-    "extractor_mode": "default", "encoder_layers": 12, "encoder_embed_dim": 768, "encoder_ffn_embed_dim": 3072,
-    "encoder_attention_heads": 12, "activation_fn": "gelu", "layer_norm_first": False,
-    "conv_feature_layers": "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] * 2", "conv_bias": False,
-    "conv_pos": 128, "conv_pos_groups": 16, "pos_conv_depth": 1, "num_buckets": 320, "max_distance": 1280,
-    "relative_position_embedding": True, "gru_rel_pos": True}
-# keys of training-only parts (quantiser, masking embedding, prediction heads, a CTC head)
-FAIRSEQ_IGNORED = re.compile(r"^(mask_emb|label_embs_concat|quantizer\.|project_q\.|final_proj\.|proj\.|target_glu\.)")
-# fairseq name -> torchaudio name (as torchaudio's import_fairseq._map_key), in order
-FAIRSEQ_RENAMES = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.0\.(weight|bias)", r"feature_extractor.conv_layers.\1.conv.\2"),
-    (r"feature_extractor\.conv_layers\.0\.2\.(weight|bias)", r"feature_extractor.conv_layers.0.layer_norm.\1"),
-    (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.(weight|bias)", r"feature_extractor.conv_layers.\1.layer_norm.\2"),
-    (r"post_extract_proj\.(weight|bias)", r"encoder.feature_projection.projection.\1"),
-    (r"layer_norm\.(weight|bias)", r"encoder.feature_projection.layer_norm.\1"),
-    (r"encoder\.pos_conv\.0\.bias", r"encoder.transformer.pos_conv_embed.conv.bias"),
-    (r"encoder\.pos_conv\.0\.weight_g", r"encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0"),
-    (r"encoder\.pos_conv\.0\.weight_v", r"encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1"),
-    (r"encoder\.layer_norm\.(weight|bias)", r"encoder.transformer.layer_norm.\1"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.([qkv]|out)_proj\.(weight|bias)",
-     r"encoder.transformer.layers.\1.attention.\2_proj.\3"),
-    (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.(weight|bias)", r"encoder.transformer.layers.\1.layer_norm.\2"),
-    (r"encoder\.layers\.(\d+)\.fc1\.(weight|bias)",
-     r"encoder.transformer.layers.\1.feed_forward.intermediate_dense.\2"),
-    (r"encoder\.layers\.(\d+)\.fc2\.(weight|bias)", r"encoder.transformer.layers.\1.feed_forward.output_dense.\2"),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.(weight|bias)", r"encoder.transformer.layers.\1.final_layer_norm.\2"),
-    # WavLM's gated relative position bias (unilm names)
-    (r"encoder\.layers\.(\d+)\.self_attn\.relative_attention_bias\.weight",
-     r"encoder.transformer.layers.\1.attention.rel_attn_embed.weight"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.grep_linear\.(weight|bias)",
-     r"encoder.transformer.layers.\1.attention.gru_rel_pos_linear.\2"),
-    (r"encoder\.layers\.(\d+)\.self_attn\.grep_a", r"encoder.transformer.layers.\1.attention.gru_rel_pos_const"),
-]
-
-
-def parse_conv_layers(spec) -> list[tuple[int, int, int]]:
-    """fairseq's ``conv_feature_layers``, e.g. ``"[(512, 10, 5)] + [(512, 3, 2)] * 4"``,
-    evaluated without ``eval``: integer tuples in lists, ``+`` of lists, ``*`` by an integer."""
-    def value(node):
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            return node.value
-        if isinstance(node, ast.Tuple):
-            return tuple(value(e) for e in node.elts)
-        if isinstance(node, ast.List):
-            return [value(e) for e in node.elts]
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = value(node.left), value(node.right)
-            if isinstance(node.op, ast.Add) and isinstance(left, list) and isinstance(right, list):
-                return left + right
-            if isinstance(node.op, ast.Mult):
-                seq, times = (left, right) if isinstance(left, list) else (right, left)
-                if isinstance(seq, list) and isinstance(times, int) and 0 <= times <= 1000:
-                    return seq * times
-        raise ValueError(ast.dump(node))
-
-    try:
-        layers = value(ast.parse(spec, mode="eval").body) if isinstance(spec, str) else [tuple(x) for x in spec]
-        layers = [tuple(int(n) for n in layer) for layer in layers]
-    except (SyntaxError, ValueError, TypeError) as err:
-        raise WeightsError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride) ({err})") from None
-    if not layers or any(len(layer) != 3 or min(layer) < 1 for layer in layers):
-        raise WeightsError(f"conv_feature_layers {spec!r} is not a list of (dim, kernel, stride)")
-    return layers
-
-
-def _as_dict(obj) -> dict:
-    if obj is None:
-        return {}
-    if isinstance(obj, argparse.Namespace):
-        return vars(obj)
-    if isinstance(obj, dict):
-        return obj
-    raise TypeError(type(obj).__name__)
-
-
-def fairseq_configs(checkpoint: dict, where: str) -> tuple[dict, dict]:
-    """(model config, task config) of a fairseq / unilm checkpoint; for a fine-tuned model
-    (``w2v_args``) those of the pretrained model inside it."""
-    try:
-        cfg, args = _as_dict(checkpoint.get("cfg")), _as_dict(checkpoint.get("args"))
-        if cfg and isinstance(cfg.get("model"), (dict, argparse.Namespace)):  # fairseq (hydra)
-            model_cfg, task_cfg = _as_dict(cfg["model"]), _as_dict(cfg.get("task"))
-        elif cfg:  # unilm's WavLM: the model's config, flat
-            model_cfg, task_cfg = cfg, cfg
-        elif args:  # fairseq before hydra: every option in one namespace
-            model_cfg, task_cfg = args, args
-        else:
-            raise WeightsError(f"{where} has neither 'cfg' nor 'args': its architecture is unknown")
-        inner = _as_dict(model_cfg.get("w2v_args"))
-        if not inner and model_cfg.get("w2v_path"):
-            raise WeightsError(f"{where} is a fine-tuned model whose configuration does not include the pretrained "
-                               f"model's (w2v_args is empty; fairseq read it from {model_cfg['w2v_path']}): its "
-                               f"architecture is unknown. Use the pretrained checkpoint, or its Hugging Face version")
-        if inner:  # fine-tuned: the pretrained model's options
-            inner_model = _as_dict(inner.get("model")) or inner
-            task_cfg = {**_as_dict(inner.get("task")), **task_cfg} if "task" in inner else {**inner, **task_cfg}
-            model_cfg = {**inner_model, "_name": inner_model.get("_name") or inner_model.get("arch")}
-    except TypeError as err:
-        raise WeightsError(f"{where}: its configuration holds a {err} where plain options were expected") from None
-    return model_cfg, task_cfg
-
-
-def fairseq_kind(model_cfg: dict, state: dict) -> str | None:
-    """Which model family a fairseq checkpoint holds (None: it does not say)."""
-    if any(".relative_attention_bias." in k or ".grep_linear." in k for k in state):
-        return "wavlm"
-    name = str(model_cfg.get("_name") or model_cfg.get("arch") or "")
-    if name.startswith("hubert") or "label_embs_concat" in state:
-        return "hubert"
-    if name.startswith("wav2vec") or any(k.startswith("quantizer.") for k in state):
-        return "wav2vec2"
-    return None
-
-
-def fairseq_to_torchaudio_state(state: dict[str, Tensor], wavlm: bool) -> tuple[dict[str, Tensor], list[str]]:
-    """(torchaudio state dict, keys not understood) from a fairseq/unilm model state dict."""
-    out, unknown = {}, []
-    qkv: dict[str, dict[str, Tensor]] = {}  # WavLM: q/k/v go into nn.MultiheadAttention's in_proj
-    for key, value in state.items():
-        key_ = re.sub(r"^(w2v_encoder\.)?(w2v_model\.)?", "", key)
-        if FAIRSEQ_IGNORED.match(key_):
-            continue
-        match = re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv]|out)_proj\.(weight|bias)", key_)
-        if wavlm and match:
-            layer, which, param = match.groups()
-            prefix = f"encoder.transformer.layers.{layer}.attention.attention."
-            if which == "out":
-                out[f"{prefix}out_proj.{param}"] = value
-            else:
-                qkv.setdefault(f"{prefix}in_proj_{param}", {})[which] = value
-            continue
-        for pattern, template in FAIRSEQ_RENAMES:
-            if re.fullmatch(pattern, key_):
-                out[re.sub(pattern, template, key_)] = value
-                break
-        else:
-            unknown.append(key)
-    for name, parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            unknown.append(f"{name} (only {sorted(parts)} of q, k, v)")
-        else:
-            out[name] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out, unknown
-
-
-def fairseq_to_torchaudio(checkpoint: dict, kind: str, where: str) -> tuple[torch.nn.Module, bool | None]:
-    """(torchaudio model, the task's input normalisation or None) of a fairseq checkpoint."""
-    import torchaudio.models as models
-
-    state = checkpoint.get("model")
-    if not isinstance(state, dict) or not state:
-        raise WeightsError(f"{where} has no 'model' state dict")
-    model_cfg, task_cfg = fairseq_configs(checkpoint, where)
-    found = fairseq_kind(model_cfg, state)
-    if found is not None and found != kind:
-        raise WeightsError(f"{where} holds a {found} model, not {kind}: set it as weights.{found}")
-    cfg = {**FAIRSEQ_DEFAULTS, **{k: v for k, v in model_cfg.items() if v is not None}}
-    said = [k for k in FAIRSEQ_DEFAULTS if k != "pos_conv_depth"]  # pos_conv_depth: newer fairseq, 1 when unsaid
-    if kind != "wavlm":
-        said = [k for k in said if k not in ("num_buckets", "max_distance", "relative_position_embedding",
-                                             "gru_rel_pos")]
-    defaulted = [k for k in said if model_cfg.get(k) is None]
-    if defaulted:  # shapes are checked below, but not e.g. the heads or the LayerNorm order
-        log.warning("%s does not say %s: fairseq's defaults are assumed (%s)", where, ", ".join(defaulted),
-                    ", ".join(f"{k}={FAIRSEQ_DEFAULTS[k]!r}" for k in defaulted))
-    if cfg["activation_fn"] != "gelu" or int(cfg["pos_conv_depth"]) != 1 or cfg["extractor_mode"] not in (
-            "default", "layer_norm"):
-        raise WeightsError(f"{where}: torchaudio's {kind} model cannot reproduce this configuration (activation_fn="
-                           f"{cfg['activation_fn']!r}, pos_conv_depth={cfg['pos_conv_depth']!r}, extractor_mode="
-                           f"{cfg['extractor_mode']!r})")
-    conv_layers = parse_conv_layers(cfg["conv_feature_layers"])
-    arch = dict(
-        extractor_mode="group_norm" if cfg["extractor_mode"] == "default" else "layer_norm",
-        extractor_conv_layer_config=conv_layers, extractor_conv_bias=bool(cfg["conv_bias"]),
-        encoder_embed_dim=int(cfg["encoder_embed_dim"]), encoder_projection_dropout=0.0,
-        encoder_pos_conv_kernel=int(cfg["conv_pos"]), encoder_pos_conv_groups=int(cfg["conv_pos_groups"]),
-        encoder_num_layers=int(cfg["encoder_layers"]), encoder_num_heads=int(cfg["encoder_attention_heads"]),
-        encoder_attention_dropout=0.0, encoder_ff_interm_features=int(cfg["encoder_ffn_embed_dim"]),
-        encoder_ff_interm_dropout=0.0, encoder_dropout=0.0, encoder_layer_norm_first=bool(cfg["layer_norm_first"]),
-        encoder_layer_drop=0.0, aux_num_out=None)
-    if kind == "wavlm":
-        if not (cfg["relative_position_embedding"] and cfg["gru_rel_pos"]):
-            raise WeightsError(f"{where}: torchaudio's WavLM has gated relative position embeddings; this model has "
-                               f"relative_position_embedding={cfg['relative_position_embedding']}, "
-                               f"gru_rel_pos={cfg['gru_rel_pos']}")
-        model = models.wavlm_model(**arch, encoder_num_buckets=int(cfg["num_buckets"]),
-                                   encoder_max_distance=int(cfg["max_distance"]))
-    else:
-        model = models.wav2vec2_model(**arch)
-    converted, unknown = fairseq_to_torchaudio_state(state, wavlm=kind == "wavlm")
-    if unknown:
-        raise WeightsError(f"{where}: {len(unknown)} tensors of no known {kind} part: {', '.join(unknown[:10])}")
-    projection = model.encoder.feature_projection.projection
-    if "encoder.feature_projection.projection.weight" not in converted and projection.in_features == \
-            projection.out_features:  # fairseq leaves out post_extract_proj when the widths agree: identity
-        converted["encoder.feature_projection.projection.weight"] = torch.eye(projection.in_features)
-        converted["encoder.feature_projection.projection.bias"] = torch.zeros(projection.in_features)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(converted))
-    wrong = sorted(f"{k}: file {tuple(converted[k].shape)}, model {tuple(expected[k].shape)}"
-                   for k in set(expected) & set(converted) if converted[k].shape != expected[k].shape)
-    if missing or wrong:
-        raise WeightsError(f"{where} does not fit the {kind} architecture of its configuration:"
-                           + (f"\n  missing ({len(missing)}): {', '.join(missing[:10])}" if missing else "")
-                           + (f"\n  wrong shapes ({len(wrong)}): {', '.join(wrong[:10])}" if wrong else ""))
-    model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True)
-    normalize = task_cfg.get("normalize", model_cfg.get("normalize"))
-    return model, None if normalize is None else bool(normalize)
-
-
-def _load_fairseq(path: Path, kind: str) -> SslCheckpoint:
-    where = f"{kind} checkpoint '{path}'"
-    checkpoint = _torch_load_plain(path, kind, allow_namespace=True)
-    if not isinstance(checkpoint, dict):
-        raise WeightsError(f"{where} holds a {type(checkpoint).__name__}, not a fairseq checkpoint (a dict with "
-                           f"'model' and 'cfg' or 'args'); a Hugging Face model is a folder with config.json")
-    model, normalize = fairseq_to_torchaudio(checkpoint, kind, where)
-    return SslCheckpoint(model, kind, f"{path} (fairseq)", sha256sum(path), normalize)
