@@ -81,10 +81,11 @@ def data_section(dataset: Path) -> dict:
 # six folds are `make run`'s): Yu et al.'s on both stream sets (the default, and the
 # pretrained set without its slowest stream, dlib's face descriptor at ~9 faces/s, which
 # its own tests cover) and the recursive JCA with IACA (the BLSTM and gate paths); three
-# shares of dropped audio, both patterns.
+# shares of dropped audio, all three patterns (unvoiced: by silero-vad's speech presence).
 TEST_LEARNING = {"models": ["tcn_transformer", "rjca_iaca", "tcn_transformer@pretrained"], "max_epochs": 3, "n_folds": 3,
                  "pretrained": {"audio": ["egemaps"], "visual": ["landmarks"]},
-                 "missing_audio": {"shares": [0.0, 0.4, 0.8], "patterns": ["contiguous", "scattered"], "fill": "zeros"},
+                 "missing_audio": {"shares": [0.0, 0.4, 0.8], "patterns": ["contiguous", "scattered", "unvoiced"],
+                                   "fill": "zeros"},
                  # an ablation (Yu et al.'s model with another learning rate) and an ensemble whose
                  # weights come from the members' other folds
                  "experiments": {"tcn_lr2x": {"model": "tcn_transformer", "overrides": {"train": {"lr": 0.002}}}},
