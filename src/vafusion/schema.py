@@ -30,6 +30,8 @@ def config_schema(base: str | Path | dict, config: dict) -> dict:
     schema = copy.deepcopy(base) if isinstance(base, dict) else yaml.safe_load(Path(base).read_text())
     features = schema["properties"]["features"]
     weights = schema["properties"]["weights"]
+    # a face model's entry (features.face_models.<name>): the registry's schema, defaults included
+    features["properties"]["face_models"]["additionalProperties"] = copy.deepcopy(registry.builtin_schema("face_model"))
     try:
         registry.load_plugins(config if isinstance(config, dict) else None)
     except ValueError as err:
