@@ -261,38 +261,75 @@ STREAMS = [
 '''
 
 
+def hsemotion_stand_in(path: Path) -> Path:
+    """An ONNX file of HSEmotion's enet_b0_8_va_mtl layout: input 'input' (N, 3, 224, 224),
+    output 'output' of 8 expression logits, valence, arousal."""
+    import warnings
+
+    class StandIn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 8, stride=8)
+            self.head = torch.nn.Linear(4, 10)
+
+        def forward(self, x):
+            return torch.tanh(self.head(self.conv(x).mean(dim=(2, 3))))
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(StandIn().eval(), (torch.zeros(1, 3, 224, 224),), str(path), input_names=["input"],
+                          output_names=["output"], dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                          opset_version=11, dynamo=False)
+    return path
+
+
 @pytest.mark.e2e
-def test_a_plugin_named_in_the_config_is_planned_and_run_by_the_workflow(demo_dataset, tmp_path):
-    """No file of vafusion edited: the plug-in's settings get their schema and defaults, its
+def test_a_plugin_and_a_face_model_named_in_the_config_are_planned_and_run_by_the_workflow(demo_dataset, tmp_path):
+    """No file of vafusion edited. The plug-in's settings get their schema and defaults, its
     weights key is checked and becomes an input, and its streams are extracted, filled and
-    aligned by a real run."""
+    aligned by a real run. A face model with its own valence/arousal columns (an
+    HSEmotion-layout ONNX file) becomes a stream and a zero-training model, enet_va, scored
+    on a fold and predicting the test trials."""
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(PLUGIN_FILE)
     gain = tmp_path / "gain.txt"
     gain.write_text("2.0")
+    onnx_file = hsemotion_stand_in(tmp_path / "enet_b0_8_va_mtl.onnx")
     path = write_config(tmp_path, demo_dataset)
     config = yaml.safe_load(path.read_text())
     config["features"]["plugins"] = [str(plugin)]
     config["features"]["test_brightness"] = {"use_gain": True}
+    config["features"]["face_models"] = {"enet": {"kind": "onnx", "weights": str(onnx_file), "input": "input",
+                                                  "output": "output", "valence_arousal": [8, 9]}}
     config["weights"]["brightness_gain"] = str(gain)
     config["learning"]["stream_sets"] = {"plug": {"audio": ["test_loudness"], "visual": ["test_brightness"]}}
     config["learning"].update(models=["jca@plug"], experiments={}, ensembles={})
     path.write_text(yaml.safe_dump(config))
     plan = snakemake(tmp_path, "--configfile", str(path), "-n")
     out = plan.stdout + plan.stderr
-    for rule in ("extract_test_loudness", "extract_test_brightness", "fill_test_loudness", "train_model"):
-        assert f"rule {rule}:" in out
-    assert str(gain) in out  # the switched-on weights file is an input of its stream
+    for rule in ("extract_test_loudness", "extract_test_brightness", "fill_test_loudness", "train_model",
+                 "extract_enet", "score_baseline", "predict_baseline"):
+        assert f"rule {rule}:" in out, rule
+    assert str(gain) in out and str(onnx_file) in out  # the files are inputs of their streams
 
     trial = sorted(p.stem for p in (demo_dataset / "annotations" / "train").glob("*.txt"))[0]
-    targets = [f"results/aligned/plug/{trial}.h5", "results/features/fills/test_loudness.h5"]
+    test_trial = (demo_dataset / "test_trials.txt").read_text().split()[0]
+    targets = [f"results/aligned/plug/{trial}.h5", "results/features/fills/test_loudness.h5",
+               "results/models/enet_va/seed0/fold0/metrics.json", f"results/predictions/enet_va/test/{test_trial}.txt"]
     snakemake(tmp_path, "--configfile", str(path), "--cores", "2", *targets)
     with h5py.File(tmp_path / targets[0]) as h5:
         brightness = h5["test_brightness"][:]
         record = json.loads(h5.attrs["test_loudness_provenance"])
         assert json.loads(record["params"])["floor"] == 1e-4  # the schema's default reached the job
-        assert h5["test_loudness"].shape[1] == 2
+        assert h5["test_loudness"].shape[1] == 2 and h5["enet"].shape[1] == 10  # the face model beside the set
     assert brightness.max() > 1.0  # doubled by the gain file (a face's mean colour is at most 1)
+    metrics = json.loads((tmp_path / targets[2]).read_text())
+    assert metrics["baseline"]["stream"] == "enet" and metrics["baseline"]["columns"] == [8, 9]
+    assert np.isfinite(metrics["ccc_mean"]) and metrics["n_validation_trials"] > 0
+    rows = np.loadtxt(tmp_path / targets[3], delimiter=",", skiprows=1)
+    with h5py.File(tmp_path / "results" / "features" / "enet" / f"{test_trial}.h5") as h5:
+        np.testing.assert_allclose(rows, h5["features"][:, 8:10], atol=1e-6)  # the network's own columns
 
     # a weights key the config switches on without a file stops at planning, naming the key
     config["weights"]["brightness_gain"] = None

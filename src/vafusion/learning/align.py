@@ -23,6 +23,13 @@ log = logging.getLogger(__name__)
 LABEL_DATASETS = (*TARGETS, *(f"valid_{t}" for t in TARGETS), "face_found")
 
 
+def _plain(value):
+    """An HDF5 attribute as JSON can hold it: numpy arrays as lists, numpy scalars unwrapped."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if hasattr(value, "item") else value
+
+
 def fit_length(x: np.ndarray, length: int) -> np.ndarray:
     """Trim rows from the rear, or pad by repeating the last row, to ``length`` rows."""
     if len(x) >= length:
@@ -62,8 +69,8 @@ def align_trial(out_path: str | Path, *, trial: str, partition: str, features: d
         with h5py.File(path) as h5:
             streams[name] = h5["features"][:]
             # what made the features, kept for training's record (vafusion.learning.provenance)
-            provenance[f"{name}_provenance"] = json.dumps({k: v.item() if hasattr(v, "item") else v
-                                                           for k, v in h5.attrs.items()}, sort_keys=True, default=str)
+            provenance[f"{name}_provenance"] = json.dumps({k: _plain(v) for k, v in h5.attrs.items()}, sort_keys=True,
+                                                          default=str)
         if len(streams[name]) != n_video:  # every stream is on the video's frame clock
             raise ValueError(f"{path}: {len(streams[name])} rows of {name} features for a video of {n_video} frames "
                              f"({faces}); rerun its extraction")

@@ -68,9 +68,14 @@ def summary_markdown(rows: list[dict], boot: Bootstrap | None = None, variants: 
         best_txt = f"{best['fold']} ({best['ccc_mean']:.3f})" if best else "-"
         spread = seed_spread(rows, m)
         speed = stats([r.get("windows_per_s", math.nan) for r in mine])[0]
-        lines.append(f"| {m} | {len(mine)} | {fmt(*scores['ccc_valence'])} | {fmt(*scores['ccc_arousal'])} | "
+        trainings = len(mine) if trained(mine[0]) else f"0 ({'ensemble' if 'ensemble' in mine[0] else 'baseline'})"
+        lines.append(f"| {m} | {trainings} | {fmt(*scores['ccc_valence'])} | {fmt(*scores['ccc_arousal'])} | "
                      f"{fmt(*scores['ccc_mean'])} | {'-' if math.isnan(spread) else f'{spread:.3f}'} | {best_txt} | "
                      f"{'-' if math.isnan(speed) else f'{speed:.1f}'} |")
+    baselines = {r["model"]: r["baseline"]["what"] for r in rows if "baseline" in r}
+    if baselines:
+        lines += ["", "Zero-training baselines (nothing trained, scored on the same validation frames):", ""]
+        lines += [f"- {m}: {what}" for m, what in sorted(baselines.items())]
     missing = unscored(rows)
     if missing:
         lines += ["", "Folds without a score for a target (their CCC is NaN; the means above leave them out):",
