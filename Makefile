@@ -40,6 +40,8 @@ bench: setup
 	$(VENV)/bin/python benchmarks/bench_egemaps.py
 	$(VENV)/bin/python benchmarks/bench_dlib.py
 	$(VENV)/bin/python benchmarks/bench_ssl.py
+	$(VENV)/bin/python benchmarks/bench_new_streams.py
+	$(VENV)/bin/python benchmarks/bench_expression.py
 
 bench-learning: demo
 	$(VENV)/bin/python benchmarks/bench_learning.py

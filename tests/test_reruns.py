@@ -119,7 +119,8 @@ def test_new_video_runs_only_its_own_media_jobs(demo_run):
         new = "grid_newcomer"
         assert planned_jobs(results.parent, config) == (
             {f"extract_audio[video={new}]", f"extract_mfcc[video={new}]", f"extract_vggish[video={new}]",
-             f"extract_egemaps[video={new}]", f"align_faces[trial={new}]", f"read_annotation[trial={new}]",
+             f"extract_egemaps[video={new}]", f"extract_speech[video={new}]", f"align_faces[trial={new}]",
+             f"read_annotation[trial={new}]",
              f"extract_iresnet50[trial={new}]", f"extract_landmarks[trial={new}]", "make_folds"}
             | align_jobs([new])
             | learning_jobs(config))

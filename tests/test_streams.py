@@ -343,3 +343,37 @@ def test_a_plugin_and_a_face_model_named_in_the_config_are_planned_and_run_by_th
     path.write_text(yaml.safe_dump(config))
     proc = snakemake(tmp_path, "--configfile", str(path), "-n", check=False)
     assert proc.returncode != 0 and "features.test_loudness.floor" in proc.stdout + proc.stderr
+
+
+def test_an_installed_package_registers_its_streams_by_entry_point(tmp_path, monkeypatch):
+    """The other way in: a package's ``vafusion.streams`` entry point (here a distribution
+    written into a folder on sys.path), found with no config key and loaded once."""
+    package = tmp_path / "site" / "my_vafusion_streams.py"
+    package.parent.mkdir()
+    package.write_text(textwrap.dedent('''
+        from vafusion.features.registry import Stream, section
+
+        STREAM = Stream("test_ep_stream", "visual", "faces", "my_vafusion_streams", 4, section("test_ep_stream"),
+                        "from an entry point",
+                        schema={"type": "object", "additionalProperties": False,
+                                "properties": {"width": {"description": "w", "type": "integer", "default": 4}}})
+    '''))
+    info = tmp_path / "site" / "my_vafusion_streams-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-vafusion-streams\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[vafusion.streams]\nmine = my_vafusion_streams:STREAM\n")
+    monkeypatch.syspath_prepend(str(package.parent))
+    try:
+        from conftest import workflow_schema
+        from vafusion.schema import validate
+
+        config = copy.deepcopy(CONFIG)
+        schema = workflow_schema(config)  # loads the plug-ins, then takes their schemas
+        assert registry.get("test_ep_stream").description == "from an entry point"
+        validate(config, schema)
+        assert config["features"]["test_ep_stream"] == {"width": 4}  # its default, no config.yaml section
+        registry.load_plugins(config)  # a second load registers nothing twice
+    finally:
+        registry.unregister("test_ep_stream")
+        registry._PLUGINS.pop("entry point mine", None)
+        sys.modules.pop("my_vafusion_streams", None)

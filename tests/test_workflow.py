@@ -150,8 +150,10 @@ def test_learning_outputs_and_reports(demo_run):
             if trial.annotation is not None:
                 assert h5["iresnet50"].shape[0] == len(trial.annotation.read_text().splitlines()) - 1
             assert h5["vggish"].shape[1] == 128 and h5["mfcc"].shape[1] == 39
-            assert set(h5) == {"iresnet50", "vggish", "mfcc", "valence", "arousal", "valid_valence", "valid_arousal",
-                               "face_found"}  # the default set's streams only
+            # the default set's streams, and the speech presence the unvoiced pattern reads (one per frame)
+            assert set(h5) == {"iresnet50", "vggish", "mfcc", "speech", "valence", "arousal", "valid_valence",
+                               "valid_arousal", "face_found"}
+            assert h5["speech"].shape == (h5["mfcc"].shape[0], 1) and 0 <= h5["speech"][:].min() <= 1
         with h5py.File(results / "aligned" / "pretrained" / f"{name}.h5") as h5:  # the pretrained set's
             assert h5["egemaps"].shape[1] == 88 and h5["landmarks"].shape[1] == 136 and "vggish" not in h5
     rows = (results / "reports" / "ccc.csv").read_text().splitlines()
@@ -295,10 +297,12 @@ def test_predict_new_videos_with_a_trained_run(demo_run, tmp_path):
         lines = (out / "predictions" / model / "test" / "mirrored_bbaf2n.txt").read_text().splitlines()
         assert lines[0] == "valence,arousal" and len(lines) - 1 == n_frames
         written = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
-        trial = load_trial(out / "aligned" / split_run(model)[1] / "mirrored_bbaf2n.h5")
         folds = sorted((results / "models" / model).glob("seed*/fold*/model.pt"))
         each = []
         for path in folds:
             net, normalizer, cfg, smoothing = load_model(path, torch.device("cpu"))
+            # the streams the model fuses (the aligned file also holds the speech presence)
+            trial = load_trial(out / "aligned" / split_run(model)[1] / "mirrored_bbaf2n.h5",
+                               net.fused_streams["visual"] + net.fused_streams["audio"])
             each.append(predict_trial(net, normalizer.apply(trial), cfg, torch.device("cpu"), smoothing))
         np.testing.assert_allclose(written, np.mean(each, axis=0), atol=2e-6)

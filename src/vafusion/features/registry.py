@@ -46,7 +46,7 @@ class ExtractJob:
     meta: dict | None = None  # source "wav" / "csv": the video's audio/frame-clock metadata (``read_audio_meta``)
     faces: str | None = None  # source "faces" / "csv": the trial's faces HDF5 (frame times, face_found)
     csv: str | None = None  # source "csv": the trial's CSV file
-    weights: dict[str, str | None] = field(default_factory=dict)  # config["weights"][k] for k in Stream.weights
+    weights: dict[str, str | None] = field(default_factory=dict)  # the weights files by key (Stream.weight_paths)
     device: str = "auto"
     threads: int = 1
     seed: int = 0  # seed of a RANDOM-INIT network (only where a stream allows one)

@@ -428,8 +428,14 @@ def missing_audio_markdown(rows: list[dict], fill: str, boots: dict[str, Bootstr
         for scope, scope_name in MISSING_SCOPES:
             pooled = boot is not None and scope == "all_trials"
             lines += ["", f"## Missing audio ({pattern} frames dropped, given {fill}), {scope_name}: CCC valence / "
-                          "arousal, " + ("pooled with intervals" if pooled else "mean over folds and seeds"), "",
-                      "| model | " + " | ".join(f"{s * 100:.0f} %" for s in shares) + " |",
+                          "arousal, " + ("pooled with intervals" if pooled else "mean over folds and seeds"), ""]
+            natural = [r["missing_audio"]["unvoiced_share"] for r in rows
+                       if "unvoiced_share" in r.get("missing_audio", {})]
+            if pattern == "unvoiced" and scope == "all_trials" and natural:
+                lines += [f"Unvoiced: the frames whose speech presence is below the threshold, least speech first, "
+                          f"at most the share; {100 * statistics.fmean(natural):.0f} % of the validation frames are "
+                          "unvoiced (mean over folds), so the curve is flat past that share.", ""]
+            lines += ["| model | " + " | ".join(f"{s * 100:.0f} %" for s in shares) + " |",
                       "|---|" + "---|" * len(shares)]
             for m in models:
                 if pooled:
