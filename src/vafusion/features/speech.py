@@ -52,14 +52,15 @@ import soundfile as sf
 import torch
 
 from vafusion.features.common import FeatureFile, provenance, read_audio_segment
+from vafusion.features import registry
 from vafusion.features.registry import shipped_file
 from vafusion.features.ssl import frame_spans, frame_weights
 from vafusion.jobs import Progress
-from vafusion.weights import WeightsError, sha256sum
+from vafusion.weights import WeightsError, given_or_shipped, sha256sum
 
 log = logging.getLogger(__name__)
 
-PACKAGE, MODEL_FILE = "silero_vad", "data/silero_vad.onnx"
+PACKAGE, MODEL_FILE = registry.BUILTIN["speech"].shipped["speech"]  # the entry says where
 # sample rate -> (samples per chunk, samples of the previous chunk prepended): silero's protocol
 CHUNKING = {16000: (512, 64), 8000: (256, 32)}
 STATE_SHAPE = (2, 1, 128)  # the model's recurrent state: (2, batch, 128)
@@ -90,14 +91,7 @@ class SpeechParams:
 
 def model_path(weights: str | None) -> Path:
     """The ONNX file: ``weights.speech`` when set, else the one silero-vad ships."""
-    path = Path(weights) if weights is not None else shipped_file(PACKAGE, MODEL_FILE)
-    if path is None:
-        raise WeightsError(f"speech: silero-vad's {MODEL_FILE} was not found: install the package "
-                           f"(pip install silero-vad==6.2.3) or set weights.speech to a silero_vad.onnx file")
-    if not path.is_file():
-        raise WeightsError(f"speech: weights.speech is {path}, which is not a file; set it to silero-vad's "
-                           f"silero_vad.onnx or to null for the installed package's copy")
-    return path
+    return given_or_shipped("speech", "speech", weights)
 
 
 def weights_info(path: Path) -> dict:
