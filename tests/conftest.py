@@ -26,6 +26,20 @@ def workflow_schema(config: dict) -> dict:
     return config_schema(REPO / "workflow" / "schemas" / "config.schema.yaml", config)
 
 
+def write_faces(path: Path, jpegs: list, fps: int = 25) -> Path:
+    """A trial's faces file (``FaceTrackWriter``): one frame per entry, None = no face found."""
+    import h5py
+
+    from vafusion.faces import FaceTrackWriter
+
+    with h5py.File(path, "w") as h5:
+        writer = FaceTrackWriter(h5)
+        for i, jpeg in enumerate(jpegs):
+            writer.add(i / fps, jpeg)
+        writer.flush()
+    return path
+
+
 def make_video(path: Path, *, seconds: float = 1.0, fps: int = 25, audio: bool = True,
                size: str = "64x48", vcodec: str = "libx264") -> Path:
     """A synthetic test-pattern video (with a 440 Hz tone when ``audio``)."""

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import GRID
+from conftest import GRID, write_faces
 from vafusion.faces import (
     FaceDetector, FaceJpegs, FaceTrackWriter, align_trial_faces, dlib_model_path, encode_face, pick_face, warp_face)
 from vafusion.features.dlib_face import TEMPLATE_BOX, extract
@@ -42,12 +42,7 @@ def gappy_faces_file(faces_file, tmp_path_factory):
     pattern = [None, None, 0, 10, 20, None, None, 30, None, 40]
     with h5py.File(faces_file) as h5:
         jpegs = FaceJpegs(h5)[:]
-    path = tmp_path_factory.mktemp("dlib") / "gappy.h5"
-    with h5py.File(path, "w") as h5:
-        writer = FaceTrackWriter(h5)
-        for i, k in enumerate(pattern):
-            writer.add(i / 25, None if k is None else jpegs[k])
-        writer.flush()
+    path = write_faces(tmp_path_factory.mktemp("dlib") / "gappy.h5", [None if k is None else jpegs[k] for k in pattern])
     return path, pattern
 
 
@@ -138,12 +133,7 @@ def test_frames_without_a_face_repeat_the_last_face(gappy_faces_file, tmp_path, 
 
 
 def test_a_trial_without_any_face_gives_zero_rows(tmp_path, caplog):
-    path = tmp_path / "none.h5"
-    with h5py.File(path, "w") as h5:
-        writer = FaceTrackWriter(h5)
-        for i in range(6):
-            writer.add(i / 25, None)
-        writer.flush()
+    path = write_faces(tmp_path / "none.h5", [None] * 6)
     with caplog.at_level(logging.WARNING):
         for stream, dim in (("landmarks", 136), ("face_descriptor", 128)):
             features, found, _ = run(stream, path, tmp_path / f"{stream}.h5")

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import GRID, TEST_DATA
-from vafusion.faces import FaceDetector, FaceJpegs, FaceTrackWriter, align_trial_faces, decode_faces, encode_face, \
+from conftest import GRID, TEST_DATA, write_faces
+from vafusion.faces import FaceDetector, FaceJpegs, align_trial_faces, decode_faces, encode_face, \
     pick_face, warp_face
 from vafusion.features.expression import DIM, classify, extract, gray_inputs, scale_inputs
 from vafusion.features.registry import ExtractJob, shipped_file
@@ -223,14 +223,8 @@ def gappy_faces_file(grid_faces, astronaut_face, tmp_path_factory):
     """Ten frames: two without a face, two GRID faces, the astronaut, two without, a GRID
     face, one without, a GRID face (each face different)."""
     pattern = [None, None, 0, 5, "astronaut", None, None, 20, None, 28]
-    path = tmp_path_factory.mktemp("expression") / "gappy.h5"
-    with h5py.File(path, "w") as h5:
-        writer = FaceTrackWriter(h5)
-        for i, k in enumerate(pattern):
-            face = None if k is None else astronaut_face if k == "astronaut" else grid_faces[k]
-            writer.add(i / 25, None if face is None else encode_face(face))
-        writer.flush()
-    return path, pattern
+    faces = [None if k is None else encode_face(astronaut_face if k == "astronaut" else grid_faces[k]) for k in pattern]
+    return write_faces(tmp_path_factory.mktemp("expression") / "gappy.h5", faces), pattern
 
 
 def run(faces, out, weights=None, batch_size=3):
@@ -269,12 +263,7 @@ def test_the_extractor_writes_probabilities_then_features_and_carries_faces(gapp
 
 
 def test_a_trial_without_any_face_gives_zero_rows(tmp_path):
-    path = tmp_path / "none.h5"
-    with h5py.File(path, "w") as h5:
-        writer = FaceTrackWriter(h5)
-        for i in range(4):
-            writer.add(i / 25, None)
-        writer.flush()
+    path = write_faces(tmp_path / "none.h5", [None] * 4)
     rows, found, _, _ = run(path, tmp_path / "expression.h5")
     assert rows.shape == (4, DIM) and not rows.any() and not found.any()
 

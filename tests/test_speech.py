@@ -19,9 +19,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import GRID
+from conftest import GRID, write_faces
 from vafusion.audio import extract_audio
-from vafusion.faces import FaceJpegs, FaceTrackWriter, align_trial_faces, dlib_model_path
+from vafusion.faces import FaceJpegs, align_trial_faces, dlib_model_path
 from vafusion.features.mouth import extract as extract_mouth
 from vafusion.features.registry import ExtractJob, shipped_file
 from vafusion.features.speech import SileroVad, SpeechParams, compute_speech, extract as extract_speech, model_path
@@ -256,12 +256,7 @@ def gappy_faces(talker_faces, tmp_path_factory):
     pattern = [None, None, 55, 36, 20, None, None, 45, None, 10]
     with h5py.File(talker_faces) as h5:
         jpegs = FaceJpegs(h5)[:]
-    path = tmp_path_factory.mktemp("speech_faces") / "gappy.h5"
-    with h5py.File(path, "w") as h5:
-        writer = FaceTrackWriter(h5)
-        for i, k in enumerate(pattern):
-            writer.add(i / 25, None if k is None else jpegs[k])
-        writer.flush()
+    path = write_faces(tmp_path_factory.mktemp("speech_faces") / "gappy.h5", [None if k is None else jpegs[k] for k in pattern])
     return path, pattern
 
 
@@ -277,11 +272,6 @@ def test_frames_without_a_face_carry_the_last_faces_value(gappy_faces, tmp_path,
     assert len({float(features[j, 0]) for j in (2, 3, 4, 7, 9)}) == 5
     workers = run_mouth(path, tmp_path / "workers.h5", threads=2, batch_size=2)[0]
     assert np.array_equal(features, workers)
-    empty = tmp_path / "none.h5"
-    with h5py.File(empty, "w") as h5:
-        writer = FaceTrackWriter(h5)
-        for i in range(4):
-            writer.add(i / 25, None)
-        writer.flush()
+    empty = write_faces(tmp_path / "none.h5", [None] * 4)
     features, found, _ = run_mouth(empty, tmp_path / "none_out.h5")
     assert features.shape == (4, 1) and not features.any() and not found.any()
